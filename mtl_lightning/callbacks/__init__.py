@@ -1,0 +1,6 @@
+"""Callbacks: the metrics report (console table + metrics.json) and the prediction writer."""
+
+from mtl_lightning.callbacks.metrics_report import MetricsReport
+from mtl_lightning.callbacks.prediction_writer import PredictionWriter
+
+__all__ = ["MetricsReport", "PredictionWriter"]

@@ -1,0 +1,86 @@
+"""At the end of validation and test: a per-task table in the console and ``metrics.json``.
+
+``metrics.json`` in the run directory is a flat JSON object of every final
+``{stage}/{task}/{metric}`` value logged so far (train, val and test), rewritten atomically
+after each validation and test so that later tools (``compare``, notebooks) can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+
+METRICS_FILE = "metrics.json"
+
+
+def run_directory(trainer: Trainer) -> Path:
+    """Where this run writes its files (config.yaml, metrics.json, checkpoints, logs)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _is_metric_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) >= 3 and parts[0] in ("train", "val", "test")
+
+
+class MetricsReport(Callback):
+    """Writes ``metrics.json`` and prints a compact table per stage.
+
+    Args:
+        print_table: print the table to the console (rank 0 only).
+    """
+
+    def __init__(self, print_table: bool = True) -> None:
+        self.print_table = print_table
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._report(trainer, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, "test")
+
+    @rank_zero_only
+    def _report(self, trainer: Trainer, stage: str) -> None:
+        values = {
+            key: float(value) for key, value in trainer.callback_metrics.items()
+            if _is_metric_key(key) and value.numel() == 1
+        }
+        path = run_directory(trainer) / METRICS_FILE
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.update(values)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(dict(sorted(merged.items())), indent=2))
+        os.replace(partial, path)
+        if self.print_table:
+            Console().print(metrics_table(values, stage, trainer.current_epoch))
+
+def metrics_table(values: dict[str, float], stage: str, epoch: int) -> Table:
+    """Rows: tasks; columns: metrics; for keys ``{stage}/{task}/{metric}``."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        parts = key.split("/")
+        if parts[0] != stage:
+            continue
+        task, metric = parts[1], "/".join(parts[2:])
+        if task == "mtl" and metric.startswith("weight"):
+            continue
+        rows.setdefault(task, {})[metric] = value
+    columns = sorted({m for metrics in rows.values() for m in metrics},
+                     key=lambda m: (m == "loss", m))
+    table = Table(title=f"{stage} metrics (epoch {epoch})")
+    table.add_column("task")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for task in sorted(rows, key=lambda t: (t == "mtl", t)):
+        table.add_row(task, *(
+            f"{rows[task][c]:.4f}" if c in rows[task] else "" for c in columns
+        ))
+    return table

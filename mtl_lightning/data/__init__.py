@@ -1,0 +1,13 @@
+"""Data: COCO-format reading, the Scenes benchmark, joint transforms and data modules."""
+
+from mtl_lightning.data.coco import CocoMultiTaskDataset
+from mtl_lightning.data.datamodules import MultiTaskDataModule, ScenesDataModule
+from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
+
+__all__ = [
+    "CocoMultiTaskDataset",
+    "MultiTaskDataModule",
+    "ScenesConfig",
+    "ScenesDataModule",
+    "ensure_scenes",
+]

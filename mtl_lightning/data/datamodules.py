@@ -1,0 +1,218 @@
+"""LightningDataModules: loaders, transforms and the class information the model needs.
+
+Every data module exposes ``task_info`` (task -> ``{"num_classes", "class_names"}``); the CLI
+links it into the model, so class counts always come from the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision import tv_tensors
+
+from mtl_lightning.data.coco import TASK_NAMES, CocoMultiTaskDataset
+from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
+from mtl_lightning.data.transforms import eval_transforms, train_transforms
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+class ImageFolderForPrediction(Dataset):
+    """Every image file of a folder (sorted), for ``predict``: no labels, original size kept."""
+
+    def __init__(self, folder: str | Path, transforms: Any) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(
+                f"data.predict_images='{folder}' is not a folder; give a folder of images."
+            )
+        self.paths = sorted(
+            p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not self.paths:
+            raise FileNotFoundError(
+                f"No images ({', '.join(IMAGE_SUFFIXES)}) in data.predict_images='{folder}'."
+            )
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        sample = {"image": tv_tensors.Image(image), "targets": {}, "has": {},
+                  "meta": {"path": str(path), "orig_size": tuple(image.shape[-2:])}}
+        return self.transforms(sample)
+
+
+class MultiTaskDataModule(LightningDataModule):
+    """Shared loader and transform options of every data module.
+
+    Args:
+        tasks: tasks to load labels for.
+        image_size: square training/evaluation size in pixels.
+        batch_size: training batch size (per process).
+        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        num_workers: loader worker processes.
+        pin_memory: pin host memory (useful with a GPU).
+        hflip: horizontal-flip probability (training).
+        scale_jitter: random scale range (training).
+        translate: random translation as a fraction of the image (training).
+        color_jitter: brightness/contrast/saturation jitter strength (training).
+        predict_images: a folder of images for ``predict``.
+    """
+
+    def __init__(
+        self,
+        tasks: tuple[str, ...] = TASK_NAMES,
+        image_size: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        hflip: float = 0.5,
+        scale_jitter: tuple[float, float] = (0.8, 1.2),
+        translate: float = 0.1,
+        color_jitter: float = 0.2,
+        predict_images: str | None = None,
+    ) -> None:
+        super().__init__()
+        unknown = set(tasks) - set(TASK_NAMES)
+        if unknown:
+            raise ValueError(
+                f"data.tasks has unknown task(s) {sorted(unknown)}; available: {list(TASK_NAMES)}."
+            )
+        self.tasks = tuple(tasks)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.augment = {"hflip": hflip, "scale": tuple(scale_jitter), "translate": translate,
+                        "color_jitter": color_jitter}
+        self.predict_images = predict_images
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def task_info(self) -> dict[str, dict[str, Any]]:
+        """Task -> ``{"num_classes", "class_names"}``, linked into the model by the CLI."""
+        raise NotImplementedError
+
+    def train_transforms(self) -> Any:
+        return train_transforms(self.image_size, self.tasks, **self.augment)
+
+    def eval_transforms(self) -> Any:
+        return eval_transforms(self.image_size, self.tasks)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"The data module has no '{split}' split; call setup() first.")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_multitask,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_images is None:
+            raise ValueError(
+                "predict needs a folder of images: pass --data.predict_images PATH/TO/FOLDER."
+            )
+        self.datasets["predict"] = ImageFolderForPrediction(
+            self.predict_images, eval_transforms(self.image_size, ())
+        )
+        return self._loader("predict", shuffle=False, batch_size=self.eval_batch_size)
+
+
+class ScenesDataModule(MultiTaskDataModule):
+    """The procedural Scenes benchmark, generated once into ``root`` and read back as COCO.
+
+    Args:
+        root: folder holding generated datasets (one sub-folder per config fingerprint).
+        num_train, num_val, num_test, num_classes, min_objects, max_objects,
+        min_object_size, max_object_size, classification_target, label_noise,
+        label_fraction, seed: the generator's knobs (see ``ScenesConfig``).
+        generator_workers: processes used to generate the images (0: in this process).
+        **kwargs: loader and transform options of ``MultiTaskDataModule``.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/scenes",
+        num_train: int = 4000,
+        num_val: int = 500,
+        num_test: int = 500,
+        num_classes: int = 5,
+        min_objects: int = 1,
+        max_objects: int = 8,
+        min_object_size: int = 8,
+        max_object_size: int | None = None,
+        classification_target: str = "related",
+        label_noise: float = 0.0,
+        label_fraction: dict[str, float] | None = None,
+        seed: int = 0,
+        generator_workers: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        self.config = ScenesConfig(
+            image_size=self.image_size, num_train=num_train, num_val=num_val,
+            num_test=num_test, num_classes=num_classes, min_objects=min_objects,
+            max_objects=max_objects, min_object_size=min_object_size,
+            max_object_size=max_object_size, classification_target=classification_target,
+            label_noise=label_noise, label_fraction=tuple((label_fraction or {}).items()),
+            seed=seed,
+        )
+        self.generator_workers = generator_workers
+        self.dataset_dir: Path | None = None
+
+    @property
+    def task_info(self) -> dict[str, dict[str, Any]]:
+        objects = list(self.config.class_names)
+        info = {
+            "classification": {"num_classes": len(self.config.image_class_names),
+                               "class_names": list(self.config.image_class_names)},
+            "segmentation": {"num_classes": len(objects) + 1,
+                             "class_names": ["background", *objects]},
+            "detection": {"num_classes": len(objects), "class_names": objects},
+        }
+        return {task: info[task] for task in self.tasks}
+
+    def prepare_data(self) -> None:
+        """Generate the dataset unless a complete copy with the same fingerprint exists."""
+        ensure_scenes(self.config, self.root, num_workers=self.generator_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.dataset_dir = ensure_scenes(self.config, self.root, num_workers=0)
+        for split in ("train", "val", "test"):
+            if split in self.datasets:
+                continue
+            transforms = self.train_transforms() if split == "train" else self.eval_transforms()
+            self.datasets[split] = CocoMultiTaskDataset(
+                self.dataset_dir / f"{split}.json", self.dataset_dir / split,
+                tasks=self.tasks, transforms=transforms,
+            )
+
+
+__all__ = ["MultiTaskDataModule", "ScenesDataModule"]

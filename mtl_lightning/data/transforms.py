@@ -1,0 +1,60 @@
+"""Joint train/eval transforms: geometry is applied once to image, mask and boxes together.
+
+torchvision.transforms.v2 transforms the whole sample dict: ``tv_tensors.Image``, ``Mask``
+and ``BoundingBoxes`` each get the right treatment (bilinear, nearest, box arithmetic), and
+``SanitizeBoundingBoxes`` drops boxes that a crop pushed out of the image, with their labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+
+
+def _detection_labels(sample: dict[str, Any]) -> torch.Tensor:
+    return sample["targets"]["detection"]["labels"]
+
+
+def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:
+    steps: list[v2.Transform] = []
+    if "detection" in tasks:
+        steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_detection_labels))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return steps
+
+
+def train_transforms(
+    image_size: int,
+    tasks: tuple[str, ...],
+    hflip: float = 0.5,
+    scale: tuple[float, float] = (0.8, 1.2),
+    translate: float = 0.1,
+    color_jitter: float = 0.2,
+) -> v2.Compose:
+    """Resize to ``image_size``, then flip, scale/translate jitter and colour jitter.
+
+    The affine jitter fills the uncovered border with black and with 255 (ignore) in masks.
+    """
+    steps: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if translate > 0 or scale != (1.0, 1.0):
+        steps.append(v2.RandomAffine(
+            degrees=0.0, translate=(translate, translate), scale=scale,
+            fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
+        ))
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+    return v2.Compose(steps + _finish(tasks))
+
+
+def eval_transforms(image_size: int, tasks: tuple[str, ...]) -> v2.Compose:
+    """Resize to ``image_size`` and normalise; no randomness."""
+    return v2.Compose([v2.Resize((image_size, image_size), antialias=True), *_finish(tasks)])

@@ -1,0 +1,53 @@
+"""Tasks by name. Adding a task: write its file and add it to ``TASKS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.classification import ClassificationTask
+from mtl_lightning.tasks.detection import DetectionTask
+from mtl_lightning.tasks.segmentation import SegmentationTask
+
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (ClassificationTask, SegmentationTask, DetectionTask)
+}
+
+
+class UnknownTaskError(ValueError):
+    """A task name that no Task class answers to."""
+
+
+def build_task(name: str, options: dict[str, Any] | None, info: dict[str, Any] | None) -> Task:
+    """Create task ``name`` from its config options and the data's class information.
+
+    ``info`` (``{"num_classes": int, "class_names": [...]}``) comes from the data module, so
+    the user never types a class count; an explicit ``num_classes`` in ``options`` is checked
+    against it.
+    """
+    if name not in TASKS:
+        raise UnknownTaskError(
+            f"Unknown task '{name}'; available tasks: {', '.join(sorted(TASKS))}."
+        )
+    options = dict(options or {})
+    info = dict(info or {})
+    if "num_classes" in options and "num_classes" in info and (
+        options["num_classes"] != info["num_classes"]
+    ):
+        raise ValueError(
+            f"model.tasks.{name}.num_classes={options['num_classes']} but the data has "
+            f"{info['num_classes']} classes; remove num_classes from the model config."
+        )
+    merged = {**info, **options}
+    if "num_classes" not in merged:
+        raise ValueError(
+            f"Task '{name}' does not know its number of classes: the data module provides no "
+            f"'{name}' labels. Remove the task or use data that labels it."
+        )
+    try:
+        return TASKS[name](**merged)
+    except TypeError as error:
+        raise ValueError(f"Bad options for task '{name}': {error}.") from error
+
+
+__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "SegmentationTask", "Task", "build_task"]

@@ -1,0 +1,144 @@
+"""Semantic segmentation: a Panoptic-FPN-style decoder fused at the finest pyramid level.
+
+Each pyramid level goes through a 3x3 conv and is upsampled to the finest level (stride 4
+for the usual backbones); the sum is classified per pixel and the logits are upsampled to
+the input size (Kirillov et al. 2019, "Panoptic Feature Pyramid Networks", semantic branch).
+Loss: per-pixel cross-entropy with ignore index 255. Class 0 is background.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchvision.utils import draw_segmentation_masks
+
+from mtl_lightning.models.neck import Features
+from mtl_lightning.tasks.base import Task
+
+IGNORE_INDEX = 255
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A fixed, distinct colour per class (class 0, background, is black)."""
+    generator = torch.Generator().manual_seed(1234)
+    colors = torch.randint(40, 256, (num_classes, 3), generator=generator)
+    colors[0] = 0
+    return [tuple(int(v) for v in c) for c in colors]
+
+
+class SegmentationTask(Task):
+    """Per-pixel classification.
+
+    Args:
+        num_classes: classes including background (from the data module).
+        class_names: their names.
+        decoder_channels: width of the fused decoder map.
+        dropout: dropout before the classifier.
+        class_weights: optional per-class cross-entropy weights.
+    """
+
+    name = "segmentation"
+    headline_metric = "miou"
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        decoder_channels: int = 64,
+        dropout: float = 0.0,
+        class_weights: list[float] | None = None,
+    ) -> None:
+        super().__init__(num_classes, class_names)
+        self.decoder_channels = decoder_channels
+        self.dropout = dropout
+        weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        if weights is not None and len(weights) != num_classes:
+            raise ValueError(
+                f"segmentation.class_weights has {len(weights)} entries; give one per class "
+                f"({num_classes})."
+            )
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def build_head(
+        self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
+    ) -> None:
+        levels = len(backbone_channels)
+        self.lateral = nn.ModuleList(
+            _conv_block(pyramid_channels, self.decoder_channels) for _ in range(levels)
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout2d(self.dropout), nn.Conv2d(self.decoder_channels, self.num_classes, 1)
+        )
+
+    def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
+        finest = features.pyramid[0].shape[-2:]
+        fused = self.lateral[0](features.pyramid[0])
+        for block, level in zip(self.lateral[1:], features.pyramid[1:]):
+            fused = fused + F.interpolate(
+                block(level), size=finest, mode="bilinear", align_corners=False
+            )
+        logits = self.classifier(fused)
+        return F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        if not bool(has.any()):
+            return self.unused_loss(outputs)
+        target = targets[has]
+        if not bool((target != IGNORE_INDEX).any()):
+            return self.unused_loss(outputs)
+        return F.cross_entropy(
+            outputs[has].float(), target, weight=self.class_weights, ignore_index=IGNORE_INDEX
+        )
+
+    def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
+        return list(outputs.argmax(1))
+
+    def build_metrics(self, stage: str) -> MetricCollection:
+        return MetricCollection({
+            "miou": MulticlassJaccardIndex(
+                self.num_classes, average="macro", ignore_index=IGNORE_INDEX
+            ),
+            "pixel_accuracy": MulticlassAccuracy(
+                self.num_classes, average="micro", ignore_index=IGNORE_INDEX
+            ),
+        })
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
+        has: torch.Tensor,
+    ) -> None:
+        if bool(has.any()):
+            metrics.update(outputs[has].detach().argmax(1), targets[has])
+
+    def resize_prediction(
+        self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
+    ) -> torch.Tensor:
+        if tuple(from_size) == tuple(to_size):
+            return prediction
+        resized = F.interpolate(prediction[None, None].float(), size=to_size, mode="nearest")
+        return resized[0, 0].long()
+
+    def prediction_to_json(self, prediction: torch.Tensor) -> Any:
+        """Pixel counts per predicted class (the mask itself is written as a PNG)."""
+        counts = torch.bincount(prediction.flatten(), minlength=self.num_classes)
+        return {self.class_names[i]: int(c) for i, c in enumerate(counts) if c > 0}
+
+    def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        masks = prediction[None] == torch.arange(1, self.num_classes, device=prediction.device)[
+            :, None, None
+        ]
+        colors = class_colors(self.num_classes)[1:]
+        return draw_segmentation_masks(image, masks.cpu(), alpha=0.45, colors=colors)
