@@ -17,7 +17,7 @@ from torch import nn
 
 from mtl_lightning.balancing import Balancer, StaticWeighting
 from mtl_lightning.models import Backbone, FeaturePyramid
-from mtl_lightning.tasks import Task, build_task
+from mtl_lightning.tasks import build_task
 
 Batch = dict[str, Any]
 STAGES = ("train", "val", "test")
@@ -36,6 +36,8 @@ class MultiTaskModule(LightningModule):
         pretrained: load pretrained backbone weights (hub, or ``pretrained_file``).
         pretrained_file: local backbone weights file, for offline use.
         drop_path_rate: stochastic depth in the backbone.
+        backbone_kwargs: further timm model arguments, e.g. ``{"channels": [32, 64, 128, 256],
+            "stem_width": 32}`` for a half-width ResNet.
         neck_channels: width of the feature pyramid.
         balancer: how task losses are combined (default: equal static weights).
         lr: peak learning rate of AdamW.
@@ -54,6 +56,7 @@ class MultiTaskModule(LightningModule):
         pretrained: bool = False,
         pretrained_file: str | None = None,
         drop_path_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
         neck_channels: int = 96,
         balancer: Balancer | None = None,
         lr: float = 2e-3,
@@ -72,7 +75,7 @@ class MultiTaskModule(LightningModule):
             raise ValueError("model.tasks is empty and the data labels no task; name the tasks.")
         self.backbone = Backbone(
             backbone, pretrained=pretrained, pretrained_file=pretrained_file,
-            drop_path_rate=drop_path_rate,
+            drop_path_rate=drop_path_rate, model_kwargs=backbone_kwargs,
         )
         self.neck = FeaturePyramid(self.backbone.channels, self.backbone.reductions, neck_channels)
         self.tasks = nn.ModuleDict()
@@ -119,8 +122,9 @@ class MultiTaskModule(LightningModule):
             has = self._has(batch, name)
             target = batch["targets"].get(name)
             losses[name] = task.loss(outputs[name], target, has)
-            metrics = self.metrics[f"{stage}_{name}"] if f"{stage}_{name}" in self.metrics else None
-            if metrics is not None:
+            key = f"{stage}_{name}"
+            if key in self.metrics:
+                metrics = self.metrics[key]
                 task.update_metrics(metrics, outputs[name], target, has)
         total, weights = self.balancer(losses)
         on_step = stage == "train"

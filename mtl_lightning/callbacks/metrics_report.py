@@ -60,27 +60,21 @@ class MetricsReport(Callback):
         partial.write_text(json.dumps(dict(sorted(merged.items())), indent=2))
         os.replace(partial, path)
         if self.print_table:
-            Console().print(metrics_table(values, stage, trainer.current_epoch))
+            Console(width=120).print(metrics_table(values, stage, trainer.current_epoch))
+
 
 def metrics_table(values: dict[str, float], stage: str, epoch: int) -> Table:
-    """Rows: tasks; columns: metrics; for keys ``{stage}/{task}/{metric}``."""
+    """One row per task: its metrics as ``name value`` pairs, loss last."""
     rows: dict[str, dict[str, float]] = {}
     for key, value in values.items():
         parts = key.split("/")
-        if parts[0] != stage:
+        if parts[0] != stage or parts[1:3] == ["mtl", "weight"]:
             continue
-        task, metric = parts[1], "/".join(parts[2:])
-        if task == "mtl" and metric.startswith("weight"):
-            continue
-        rows.setdefault(task, {})[metric] = value
-    columns = sorted({m for metrics in rows.values() for m in metrics},
-                     key=lambda m: (m == "loss", m))
-    table = Table(title=f"{stage} metrics (epoch {epoch})")
-    table.add_column("task")
-    for column in columns:
-        table.add_column(column, justify="right")
+        rows.setdefault(parts[1], {})["/".join(parts[2:])] = value
+    table = Table(title=f"{stage} metrics (epoch {epoch})", title_justify="left")
+    table.add_column("task", style="bold")
+    table.add_column("metrics")
     for task in sorted(rows, key=lambda t: (t == "mtl", t)):
-        table.add_row(task, *(
-            f"{rows[task][c]:.4f}" if c in rows[task] else "" for c in columns
-        ))
+        metrics = sorted(rows[task], key=lambda m: (m == "loss", m))
+        table.add_row(task, "  ".join(f"{m} {rows[task][m]:.4f}" for m in metrics))
     return table

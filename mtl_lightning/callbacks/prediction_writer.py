@@ -36,7 +36,9 @@ class PredictionWriter(BasePredictionWriter):
         self.overlays = overlays
 
     def _directory(self, trainer: Trainer) -> Path:
-        directory = Path(self.output_dir) if self.output_dir else run_directory(trainer) / "predictions"
+        directory = (
+            Path(self.output_dir) if self.output_dir else run_directory(trainer) / "predictions"
+        )
         directory.mkdir(parents=True, exist_ok=True)
         return directory
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from mtl_lightning.data.coco import TASK_NAMES, CocoMultiTaskDataset
 from mtl_lightning.data.collate import collate_multitask

@@ -41,6 +41,8 @@ class Backbone(nn.Module):
         min_reduction: keep only feature maps at this stride or coarser (4 keeps the
             stride-4 map that the dense heads decode from).
         drop_path_rate: stochastic depth in the backbone (timm), 0 disables it.
+        model_kwargs: further keyword arguments of the timm model's constructor, e.g.
+            ``{"channels": [32, 64, 128, 256], "stem_width": 32}`` for a half-width ResNet.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class Backbone(nn.Module):
         pretrained_file: str | None = None,
         min_reduction: int = 4,
         drop_path_rate: float = 0.0,
+        model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if not timm.is_model(name):
@@ -58,7 +61,7 @@ class Backbone(nn.Module):
             raise BackboneError(
                 f"Unknown backbone '{name}'.{hint} See timm.list_models() for all names."
             )
-        kwargs: dict = {}
+        kwargs: dict = dict(model_kwargs or {})
         if pretrained_file is not None:
             if not Path(pretrained_file).is_file():
                 raise BackboneError(
@@ -69,7 +72,12 @@ class Backbone(nn.Module):
             kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
         if drop_path_rate > 0:
             kwargs["drop_path_rate"] = drop_path_rate
-        probe = timm.create_model(name, pretrained=False, features_only=False, **kwargs)
+        try:
+            probe = timm.create_model(name, pretrained=False, features_only=False, **kwargs)
+        except TypeError as error:
+            raise BackboneError(
+                f"Backbone '{name}' does not accept these model options {model_kwargs}: {error}"
+            ) from error
         reductions = self._probe_reductions(name, probe)
         del probe
         # The last stage at each stride (ViT-like models report many stages at one stride).

@@ -79,9 +79,11 @@ class ClassificationTask(Task):
         logits = outputs.float()
         if self.multilabel:
             scores = logits.sigmoid()
-            return [{"scores": s, "labels": (s >= self.threshold).nonzero().flatten()} for s in scores]
+            return [
+                {"scores": s, "labels": (s >= self.threshold).nonzero().flatten()} for s in scores
+            ]
         scores, labels = logits.softmax(-1).max(-1)
-        return [{"scores": s[None], "labels": l[None]} for s, l in zip(scores, labels)]
+        return [{"scores": s[None], "labels": c[None]} for s, c in zip(scores, labels)]
 
     def build_metrics(self, stage: str) -> MetricCollection:
         if self.multilabel:

@@ -146,7 +146,7 @@ class DetectionTask(Task):
         one [B, M, H*W] tensor, reduced with ``amax`` (per class) and ``max`` (per cell).
         """
         boxes, labels, valid = pad_targets(targets, device)
-        batch, objects = labels.shape
+        batch = labels.shape[0]
         stride = self.stride
         sizes = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-3)  # [B,M,2] (w,h) pixels
         centres = (boxes[..., :2] + boxes[..., 2:]) / 2
@@ -183,7 +183,7 @@ class DetectionTask(Task):
 
     def decode_boxes(self, box: torch.Tensor) -> torch.Tensor:
         """Box parameters [B, 4, H, W] -> xyxy boxes [B, H*W, 4] in input pixels."""
-        batch, _, height, width = box.shape
+        height, width = box.shape[-2:]
         params = box.float().flatten(2).transpose(1, 2)  # [B,HW,4]
         cells = self._cell_centres(height, width, box.device)
         centres = cells + params[..., :2] * self.stride
@@ -231,13 +231,15 @@ class DetectionTask(Task):
         keep = scores.flatten() > self.score_threshold
         flat_boxes, flat_scores = boxes.reshape(-1, 4)[keep], scores.flatten()[keep]
         flat_labels, flat_images = labels.flatten()[keep], images.flatten()[keep]
-        kept = batched_nms(flat_boxes, flat_scores, flat_images * classes + flat_labels, self.nms_iou)
+        groups = flat_images * classes + flat_labels  # NMS per image and class, in one call
+        kept = batched_nms(flat_boxes, flat_scores, groups, self.nms_iou)
         results = []
         for i in range(batch):  # one split per image of the already-filtered detections
             mine = kept[flat_images[kept] == i][: self.max_detections]
-            results.append(
-                {"boxes": flat_boxes[mine], "scores": flat_scores[mine], "labels": flat_labels[mine]}
-            )
+            results.append({
+                "boxes": flat_boxes[mine], "scores": flat_scores[mine],
+                "labels": flat_labels[mine],
+            })
         return results
 
     # -------------------------------------------------------------- metrics

@@ -3,7 +3,8 @@
 Each pyramid level goes through a 3x3 conv and is upsampled to the finest level (stride 4
 for the usual backbones); the sum is classified per pixel and the logits are upsampled to
 the input size (Kirillov et al. 2019, "Panoptic Feature Pyramid Networks", semantic branch).
-Loss: per-pixel cross-entropy with ignore index 255. Class 0 is background.
+Loss: per-pixel cross-entropy with ignore index 255. Class 0 is background. Targets arrive
+as uint8 masks [B, H, W] and are widened to int64 only here.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class SegmentationTask(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         if not bool(has.any()):
             return self.unused_loss(outputs)
-        target = targets[has]
+        target = targets[has].long()
         if not bool((target != IGNORE_INDEX).any()):
             return self.unused_loss(outputs)
         return F.cross_entropy(
@@ -121,7 +122,7 @@ class SegmentationTask(Task):
         has: torch.Tensor,
     ) -> None:
         if bool(has.any()):
-            metrics.update(outputs[has].detach().argmax(1), targets[has])
+            metrics.update(outputs[has].detach().argmax(1), targets[has].long())
 
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]

@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine:
+#   make train   create .venv if missing, install, run the default job (Scenes benchmark)
+#   make test    create .venv if missing, install, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: train smoke test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/mtl-lightning fit --config configs/default.yaml
+
+smoke: $(STAMP)
+	$(BIN)/mtl-lightning fit --config configs/smoke.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check mtl_lightning tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check mtl_lightning tests benchmarks
+
+clean:
+	rm -rf runs data/scenes .pytest_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""Detection: target encoding, decoding, and its configurable post-processing."""
+
+from __future__ import annotations
+
+import torch
+
+from mtl_lightning.models.neck import Features
+from mtl_lightning.tasks import DetectionTask
+
+
+def _task(**options: object) -> DetectionTask:
+    task = DetectionTask(num_classes=3, **options)
+    task.build_head(pyramid_channels=8, backbone_channels=[8, 8], strides=[4, 8])
+    return task
+
+
+def _targets() -> list[dict[str, torch.Tensor]]:
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 20.0, 30.0], [30.0, 2.0, 62.0, 18.0]]),
+         "labels": torch.tensor([0, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+        {"boxes": torch.tensor([[40.0, 40.0, 48.0, 49.0]]), "labels": torch.tensor([1])},
+    ]
+
+
+def _outputs_from_targets(task: DetectionTask, targets: list) -> dict[str, torch.Tensor]:
+    """Perfect head outputs: logits of the encoded heatmap and the encoded box parameters."""
+    encoded = task.encode(targets, 16, 16, torch.device("cpu"))
+    heat = encoded["heatmap"].clamp(1e-6, 1 - 1e-6)
+    return {"heatmap": torch.logit(heat), "box": encoded["box"]}
+
+
+def test_encode_decode_round_trip_recovers_the_boxes() -> None:
+    task = _task(score_threshold=0.5)
+    targets = _targets()
+    predictions = task.postprocess(_outputs_from_targets(task, targets))
+    for prediction, target in zip(predictions, targets):
+        assert len(prediction["boxes"]) == len(target["boxes"])
+        order = torch.argsort(prediction["boxes"][:, 0])
+        expected = torch.argsort(target["boxes"][:, 0])
+        torch.testing.assert_close(prediction["boxes"][order], target["boxes"][expected])
+        assert torch.equal(prediction["labels"][order], target["labels"][expected])
+        assert torch.all(prediction["scores"] > 0.99)
+
+
+def test_heatmap_peaks_are_one_at_the_object_centre_cells() -> None:
+    task = _task()
+    encoded = task.encode(_targets(), 16, 16, torch.device("cpu"))
+    heatmap = encoded["heatmap"]
+    # Image 0, object 0: centre (12, 18) px -> cell (x=3, y=4); class 0.
+    assert heatmap[0, 0, 4, 3] == 1.0
+    # Image 0, object 1: centre (46, 10) -> cell (11, 2); class 2.
+    assert heatmap[0, 2, 2, 11] == 1.0
+    assert heatmap[1].max() == 0.0  # no objects: no peaks
+    assert int((heatmap == 1.0).sum()) == 3
+    assert torch.equal(encoded["num_objects"], torch.tensor([2, 0, 1]))
+    # Box weights are positive only near objects, and the image without objects has none.
+    assert encoded["weight"][1].sum() == 0
+    assert encoded["weight"][0, 4, 3] == 1.0
+
+
+def test_postprocess_score_threshold_nms_and_max_detections() -> None:
+    task = _task(score_threshold=0.3, max_detections=2, nms_iou=0.5)
+    heatmap = torch.full((1, 3, 16, 16), -10.0)
+    box = torch.zeros(1, 4, 16, 16)
+    box[:, 2:] = torch.log(torch.tensor(2.0))  # 8 x 8 px boxes
+    for x, score in [(2, 0.9), (8, 0.8), (12, 0.7), (5, 0.2)]:
+        heatmap[0, 1, 5, x] = torch.logit(torch.tensor(score))
+    prediction = task.postprocess({"heatmap": heatmap, "box": box})[0]
+    assert prediction["scores"].tolist() == [torch.tensor(0.9).item(), torch.tensor(0.8).item()]
+    assert prediction["labels"].tolist() == [1, 1]
+    # Peaks 8 px apart with 24 x 24 px boxes (IoU 0.5): NMS at 0.4 keeps the better one;
+    # a peak 16 px lower (IoU 0.2) survives; at nms_iou 0.6 all three survive.
+    heatmap = torch.full((1, 3, 16, 16), -10.0)
+    heatmap[0, 0, 5, 5] = 2.0
+    heatmap[0, 0, 5, 7] = 1.0
+    heatmap[0, 0, 9, 5] = 1.5
+    box_big = torch.zeros(1, 4, 16, 16)
+    box_big[:, 2:] = torch.log(torch.tensor(6.0))
+    outputs = {"heatmap": heatmap, "box": box_big}
+    strict = _task(score_threshold=0.1, nms_iou=0.4).postprocess(outputs)[0]
+    torch.testing.assert_close(strict["scores"], torch.sigmoid(torch.tensor([2.0, 1.5])))
+    loose = _task(score_threshold=0.1, nms_iou=0.6).postprocess(outputs)[0]
+    assert len(loose["boxes"]) == 3
+
+
+def test_encoding_is_vectorised_over_the_batch() -> None:
+    """Encoding a batch equals encoding each image alone."""
+    task = _task()
+    targets = _targets()
+    together = task.encode(targets, 16, 16, torch.device("cpu"))
+    for i, target in enumerate(targets):
+        alone = task.encode([target], 16, 16, torch.device("cpu"))
+        for key in ("heatmap", "box", "weight"):
+            torch.testing.assert_close(together[key][i], alone[key][0])
+
+
+def test_detection_head_reads_the_finest_pyramid_level() -> None:
+    task = _task()
+    features = Features(
+        backbone=[torch.randn(2, 8, 16, 16), torch.randn(2, 8, 8, 8)],
+        pyramid=[torch.randn(2, 8, 16, 16), torch.randn(2, 8, 8, 8)],
+        strides=[4, 8],
+    )
+    outputs = task(features, (64, 64))
+    assert outputs["heatmap"].shape == (2, 3, 16, 16)
+    assert outputs["box"].shape == (2, 4, 16, 16)

@@ -1,0 +1,166 @@
+"""The command line end to end with the smoke config: fit, validate, test, predict, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mtl_lightning.cli import main, run_cli
+from mtl_lightning.module import MultiTaskModule
+
+from .conftest import SMOKE_CONFIG
+
+HEADLINE = ("classification/accuracy", "segmentation/miou", "detection/map_50")
+
+
+def _args(tmp: Path, scenes_root: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(SMOKE_CONFIG),
+        "--trainer.default_root_dir", str(tmp / "runs"),
+        "--data.init_args.root", str(scenes_root),
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory, scenes_root: Path):
+    """One smoke `fit` (which also tests the best checkpoint), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("cli")
+    cli = run_cli(["fit", *_args(tmp, scenes_root)])
+    return cli, tmp
+
+
+def test_fit_writes_config_metrics_and_checkpoints(fitted) -> None:
+    cli, _ = fitted
+    run_dir = Path(cli.run_dir)
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        for key in HEADLINE:
+            value = metrics[f"{stage}/{key}"]
+            assert isinstance(value, float) and 0.0 <= value <= 1.0
+        assert f"{stage}/mtl/score" in metrics
+    assert "val/detection/map" in metrics and "val/segmentation/pixel_accuracy" in metrics
+    assert "val/classification/macro_accuracy" in metrics
+    # Only {stage}/{task}/{metric} keys, and no non-scalar mAP entries.
+    assert all(k.count("/") >= 2 for k in metrics)
+    assert not any(k.endswith(("classes", "map_per_class")) for k in metrics)
+    # The saved config reproduces the run: it is what the user gave, not this run's folder.
+    saved = (run_dir / "config.yaml").read_text()
+    assert "ScenesDataModule" in saved and "test_after_fit: true" in saved
+
+
+def test_reloaded_checkpoint_gives_identical_predictions(fitted, tiny_scenes) -> None:
+    cli, _ = fitted
+    last = Path(cli.run_dir) / "checkpoints" / "last.ckpt"
+    trained = cli.trainer.lightning_module
+    trained.load_state_dict(torch.load(last, weights_only=True)["state_dict"])
+    reloaded = MultiTaskModule.load_from_checkpoint(last, weights_only=True)
+    image = next(iter(cli.datamodule.val_dataloader()))["image"]
+    trained.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        a, b = trained(image), reloaded(image)
+    torch.testing.assert_close(a["classification"], b["classification"], rtol=0, atol=0)
+    torch.testing.assert_close(a["segmentation"], b["segmentation"], rtol=0, atol=0)
+    torch.testing.assert_close(a["detection"]["heatmap"], b["detection"]["heatmap"], rtol=0, atol=0)
+    # The class names travel in the checkpoint.
+    assert reloaded.tasks["detection"].class_names == cli.datamodule.task_info["detection"][
+        "class_names"]
+
+
+def test_validate_and_test_from_a_checkpoint(fitted, scenes_root: Path) -> None:
+    cli, tmp = fitted
+    best = cli.trainer.checkpoint_callback.best_model_path
+    fit_metrics = json.loads((Path(cli.run_dir) / "metrics.json").read_text())
+    tested = run_cli(["test", *_args(tmp, scenes_root), "--ckpt_path", best])
+    metrics = json.loads((Path(tested.run_dir) / "metrics.json").read_text())
+    assert tested.run_dir != cli.run_dir
+    for key in HEADLINE:  # the same checkpoint on the same data gives the same numbers
+        assert metrics[f"test/{key}"] == pytest.approx(fit_metrics[f"test/{key}"], abs=1e-6)
+    validated = run_cli(["validate", *_args(tmp, scenes_root), "--ckpt_path", best])
+    metrics = json.loads((Path(validated.run_dir) / "metrics.json").read_text())
+    assert all(f"val/{key}" in metrics for key in HEADLINE)
+
+
+def test_predict_writes_json_mask_and_overlay(fitted, scenes_root: Path, tmp_path: Path) -> None:
+    cli, tmp = fitted
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (90, 70), 128).save(images / "gray.png")  # grayscale, other size
+    Image.new("RGBA", (64, 64), (200, 10, 10, 128)).save(images / "rgba.png")
+    Image.new("RGB", (100, 50), (10, 200, 10)).save(images / "photo.jpg")
+    out = tmp_path / "predictions"
+    run_cli([
+        "predict", *_args(tmp, scenes_root),
+        "--ckpt_path", str(Path(cli.run_dir) / "checkpoints" / "last.ckpt"),
+        "--data.init_args.predict_images", str(images),
+        "--prediction_writer.output_dir", str(out),
+    ])
+    for stem, size in [("gray", (70, 90)), ("rgba", (64, 64)), ("photo", (50, 100))]:
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["size_hw"] == list(size)
+        assert {"classification", "segmentation", "detection"} <= set(record)
+        assert record["classification"]["name"] in cli.datamodule.task_info["classification"][
+            "class_names"]
+        for box in record["detection"]:
+            assert set(box) == {"box_xyxy", "class_id", "name", "score"}
+        mask = Image.open(out / f"{stem}_mask.png")
+        assert mask.size == (size[1], size[0])
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        assert overlay.size == (size[1], size[0]) and overlay.mode == "RGB"
+
+
+def test_wandb_offline_run_folder_is_written(
+    tmp_path: Path, scenes_root: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cli = run_cli([
+        "fit", *_args(tmp_path, scenes_root),
+        "--trainer.logger", str(SMOKE_CONFIG.parent / "logger" / "wandb.yaml"),
+        "--trainer.max_epochs", "1", "--test_after_fit", "false",
+    ])
+    runs = list((Path(cli.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb"))
+    assert "wandb sync" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--model.backbone", "resnt18"], "Close timm names: resnet18"),
+        (["--model.tasks", '{"depth": null}'], "available tasks: classification, detection"),
+    ],
+)
+def test_user_errors_are_one_line(option, message, tmp_path: Path, scenes_root: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(tmp_path, scenes_root), *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_config_typo_gets_the_cli_message(tmp_path: Path, scenes_root: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(tmp_path, scenes_root), "--trainer.max_epoch", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "max_epoch" in err and "Traceback" not in err
+
+
+def test_print_config(tmp_path: Path, scenes_root: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", *_args(tmp_path, scenes_root), "--print_config"])
+    out = capsys.readouterr().out
+    assert "backbone: resnet18" in out and "ScenesDataModule" in out

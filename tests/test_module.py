@@ -1,0 +1,44 @@
+"""MultiTaskModule wiring: tasks from data info, balancer seam, metrics per stage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtl_lightning.balancing import StaticWeighting
+from mtl_lightning.module import MultiTaskModule
+
+INFO = {
+    "classification": {"num_classes": 3, "class_names": ["a", "b", "c"]},
+    "segmentation": {"num_classes": 4},
+    "detection": {"num_classes": 3},
+}
+
+
+def test_tasks_default_to_everything_the_data_labels() -> None:
+    model = MultiTaskModule(task_info=INFO, neck_channels=16)
+    assert list(model.tasks) == ["classification", "segmentation", "detection"]
+    assert model.tasks["classification"].class_names == ["a", "b", "c"]
+    # Metrics per stage and task; no mAP on training batches (too costly on the hot path).
+    assert "train_detection" not in model.metrics
+    assert {"val_detection", "test_segmentation", "train_classification"} <= set(model.metrics)
+
+
+def test_static_weighting_combines_losses_with_the_configured_weights() -> None:
+    balancer = StaticWeighting(weights={"detection": 2.0}, default_weight=0.5)
+    losses = {"classification": torch.tensor(1.0), "detection": torch.tensor(3.0)}
+    total, weights = balancer(losses)
+    assert float(total) == pytest.approx(0.5 * 1.0 + 2.0 * 3.0)
+    assert float(weights["detection"]) == 2.0 and float(weights["classification"]) == 0.5
+
+
+def test_balancer_weights_for_unknown_tasks_are_an_error() -> None:
+    with pytest.raises(ValueError, match="not trained"):
+        MultiTaskModule(task_info=INFO, neck_channels=16,
+                        balancer=StaticWeighting(weights={"depth": 1.0}))
+
+
+def test_a_subset_of_tasks_builds_only_those_heads() -> None:
+    model = MultiTaskModule(task_info=INFO, tasks={"segmentation": None}, neck_channels=16)
+    outputs = model(torch.randn(1, 3, 64, 64))
+    assert set(outputs) == {"segmentation"}
