@@ -42,3 +42,15 @@ def test_a_subset_of_tasks_builds_only_those_heads() -> None:
     model = MultiTaskModule(task_info=INFO, tasks={"segmentation": None}, neck_channels=16)
     outputs = model(torch.randn(1, 3, 64, 64))
     assert set(outputs) == {"segmentation"}
+
+
+def test_classification_can_pool_the_pyramid_or_the_deepest_map() -> None:
+    deepest = MultiTaskModule(task_info=INFO, tasks={"classification": None}, neck_channels=16)
+    pyramid = MultiTaskModule(
+        task_info=INFO, tasks={"classification": {"features": "pyramid"}}, neck_channels=16
+    )
+    assert deepest.tasks["classification"].head[-1].in_features == 512
+    assert pyramid.tasks["classification"].head[-1].in_features == 16 * 4
+    assert pyramid(torch.randn(2, 3, 64, 64))["classification"].shape == (2, 3)
+    with pytest.raises(ValueError, match="deepest' or 'pyramid"):
+        MultiTaskModule(task_info=INFO, tasks={"classification": {"features": "neck"}})

@@ -1,4 +1,10 @@
-"""Image-level classification: pooled deepest backbone features -> linear layer.
+"""Image-level classification: pooled features -> linear layer.
+
+``features="deepest"`` (the default) pools the deepest backbone map, the classic image
+classifier. ``features="pyramid"`` pools every FPN level and concatenates them: the pyramid
+carries the dense tasks' localised, class-aware features, so an image label that depends on
+the objects (Scenes' "class of the largest object") is read from the same features the dense
+heads use, which is what hard sharing is meant to exploit.
 
 Single-label (softmax cross-entropy with optional label smoothing, Szegedy et al. 2016) or
 multi-label (one sigmoid per class, binary cross-entropy). Targets are class indices [B]
@@ -7,7 +13,7 @@ multi-label (one sigmoid per class, binary cross-entropy). Targets are class ind
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,8 @@ class ClassificationTask(Task):
         label_smoothing: cross-entropy label smoothing (single-label only).
         dropout: dropout before the linear layer.
         threshold: probability above which a class is predicted (multi-label only).
+        features: ``deepest`` (pool the deepest backbone map) or ``pyramid`` (pool and
+            concatenate every FPN level).
     """
 
     name = "classification"
@@ -47,25 +55,32 @@ class ClassificationTask(Task):
         label_smoothing: float = 0.0,
         dropout: float = 0.0,
         threshold: float = 0.5,
+        features: Literal["deepest", "pyramid"] = "deepest",
     ) -> None:
         super().__init__(num_classes, class_names)
         self.multilabel = multilabel
         self.label_smoothing = label_smoothing
         self.dropout = dropout
         self.threshold = threshold
+        if features not in ("deepest", "pyramid"):
+            raise ValueError(
+                f"classification.features must be 'deepest' or 'pyramid', got '{features}'."
+            )
+        self.features = features
 
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
     ) -> None:
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Dropout(self.dropout),
-            nn.Linear(backbone_channels[-1], self.num_classes),
+        width = (
+            backbone_channels[-1] if self.features == "deepest"
+            else pyramid_channels * len(strides)
         )
+        self.head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(width, self.num_classes))
 
     def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
-        return self.head(features.backbone[-1])
+        maps = [features.backbone[-1]] if self.features == "deepest" else features.pyramid
+        pooled = torch.cat([m.mean(dim=(-2, -1)) for m in maps], dim=1)
+        return self.head(pooled)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         if not bool(has.any()):
