@@ -1,4 +1,5 @@
-"""The command line: ``mtl-lightning fit|validate|test|predict --config configs/default.yaml``.
+"""The command line: ``mtl-lightning fit|validate|test|predict --config configs/default.yaml``,
+and ``mtl-lightning check-data`` (see ``check_data.py``).
 
 A LightningCLI whose data module is chosen by class path and whose model is the
 MultiTaskModule. On top of Lightning's CLI it:
@@ -68,8 +69,11 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(MetricsReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
+    def _subcommand_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self._subcommand_config()
         self._saved_values = {
             "trainer.default_root_dir": config.trainer.default_root_dir,
             "trainer.logger": copy.deepcopy(config.trainer.logger),
@@ -93,7 +97,7 @@ class MultiTaskCLI(LightningCLI):
         super().instantiate_classes()
         # The saved config.yaml keeps what the user wrote, so that rerunning it makes a new
         # run directory instead of writing into this one.
-        config = self.config[self.subcommand]
+        config = self._subcommand_config()
         for key, value in self._saved_values.items():
             config[key] = value
 
@@ -131,13 +135,27 @@ def run_cli(args: list[str] | None = None) -> MultiTaskCLI:
     )
 
 
+def _one_line(error: BaseException) -> str:
+    """The user-facing sentence of an error, also when a DataLoader worker raised it (PyTorch
+    then re-raises it with the worker's traceback folded into the message)."""
+    message = str(error.args[0]) if error.args else str(error)
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = last.split(": ", 1)[-1]
+    return message
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: errors the user can fix are printed as one line, exit code 2."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["check-data"]:
+        from mtl_lightning.check_data import main as check_data
+
+        raise SystemExit(check_data(argv[1:]))
     try:
-        run_cli(args)
+        run_cli(argv)
     except USER_ERRORS as error:
-        message = error.args[0] if error.args else str(error)
-        print(f"mtl-lightning: error: {message}", file=sys.stderr)
+        print(f"mtl-lightning: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -118,8 +118,11 @@ class MultiTaskModule(LightningModule):
         outputs = self(batch["image"])
         size = len(batch["image"])
         losses: dict[str, torch.Tensor] = {}
+        present: list[str] = []  # tasks with a labelled sample in this batch (logged)
         for name, task in self.tasks.items():
             has = self._has(batch, name)
+            if bool(has.any()):
+                present.append(name)
             target = batch["targets"].get(name)
             losses[name] = task.loss(outputs[name], target, has)
             key = f"{stage}_{name}"
@@ -128,7 +131,8 @@ class MultiTaskModule(LightningModule):
                 task.update_metrics(metrics, outputs[name], target, has)
         total, weights = self.balancer(losses)
         on_step = stage == "train"
-        for name, loss in losses.items():
+        for name in present:
+            loss = losses[name]
             self.log(f"{stage}/{name}/loss", loss.detach(), on_step=on_step, on_epoch=not on_step,
                      batch_size=size)
         self.log(f"{stage}/mtl/loss", total.detach(), on_step=on_step, on_epoch=not on_step,
@@ -147,10 +151,12 @@ class MultiTaskModule(LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Several validation loaders (one per data source) share the same metrics: each
+        # sample updates only the tasks it is labelled for.
         self._step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:

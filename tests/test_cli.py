@@ -111,7 +111,7 @@ def test_predict_writes_json_mask_and_overlay(fitted, scenes_root: Path, tmp_pat
         assert record["classification"]["name"] in cli.datamodule.task_info["classification"][
             "class_names"]
         for box in record["detection"]:
-            assert set(box) == {"box_xyxy", "class_id", "name", "score"}
+            assert set(box) == {"box_xyxy", "class_id", "category_id", "name", "score"}
         mask = Image.open(out / f"{stem}_mask.png")
         assert mask.size == (size[1], size[0])
         overlay = Image.open(out / f"{stem}_overlay.png")

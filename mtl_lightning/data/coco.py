@@ -1,38 +1,51 @@
 """A COCO-format dataset that yields samples for every task at once.
 
 One annotation file gives all three tasks: boxes (detection), polygon/RLE masks painted into
-a semantic mask (segmentation), and an image-level label read from a field of ``images[]``
-(classification). The index is parsed once in ``__init__``; ``__getitem__`` only decodes one
-image and builds its targets.
+a semantic mask (segmentation), and an image-level label (classification). The file is
+validated and cleaned once (``validation.load_and_validate``: repairs are counted in one
+warning, fatal problems stop with one sentence) and indexed once in ``__init__``;
+``__getitem__`` only decodes one image and builds its targets.
 
 Conventions:
 - category ids are mapped to contiguous indices in sorted-id order; detection labels are
-  0-based, semantic-mask values are 1-based (0 is background, 255 is ignore);
+  0-based, semantic-mask values are 1-based (0 is background, 255 is ignore); the original
+  ids travel as ``category_ids`` in ``task_info`` (and so in checkpoints and predictions);
 - boxes are absolute xyxy pixels (converted from COCO's xywh here, at the edge);
-- masks are decoded with pycocotools; overlapping instances are painted in annotation order,
-  so a later annotation wins; ``iscrowd`` regions are painted 255 (ignored) and are not
-  detection targets;
+- masks are decoded with pycocotools. Overlapping instances: painted in annotation order, so
+  a later annotation wins where two overlap. ``iscrowd`` regions are painted 255 (ignored);
+  their boxes are not training targets but are handed to the mAP metric as crowd regions,
+  which is how COCO evaluation treats them (a detection there is neither a hit nor a false
+  positive). An object whose mask was unusable (``mask_missing``) has its box painted 255;
+  an image with an object that has no mask at all is not labelled for segmentation;
+- image-level labels (``image_labels``): ``field`` reads ``images[i][image_label_field]``
+  (an index into ``image_categories``, or a class name); ``derived`` makes classification
+  multi-label over the categories present in the image; ``auto`` is ``field`` when any image
+  has the field and ``derived`` otherwise; ``off`` yields no classification labels;
 - ``images[i]["labelled_tasks"]`` (optional) lists the tasks that image is labelled for;
   absent means all tasks.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, read_file
+
+from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from mtl_lightning.data.validation import DataError, load_and_validate
 
 TASK_NAMES = ("classification", "segmentation", "detection")
 IGNORE_INDEX = 255
+
+
+ImageLabels = Literal["auto", "field", "derived", "off"]
 
 
 @dataclass
@@ -45,8 +58,10 @@ class ImageRecord:
     width: int
     boxes: np.ndarray  # [N, 4] xyxy, float32, non-crowd objects only
     labels: np.ndarray  # [N] contiguous 0-based category indices
+    crowd_boxes: np.ndarray  # [K, 4] xyxy of iscrowd regions (for evaluation only)
     segmentations: list[tuple[Any, int]] = field(default_factory=list)  # (segm, value)
-    image_label: int | None = None
+    ignore_boxes: list[list[float]] = field(default_factory=list)  # objects without a mask
+    image_label: int | list[int] | None = None
     labelled_tasks: frozenset[str] = frozenset(TASK_NAMES)
 
 
@@ -69,9 +84,14 @@ class CocoMultiTaskDataset(Dataset):
         annotation_file: COCO instances JSON.
         image_root: folder the ``file_name`` entries are relative to.
         tasks: tasks to produce targets for.
-        image_label_field: field of ``images[]`` holding the image-level class (0-based index
-            into ``image_categories``); images without it are unlabelled for classification.
+        image_labels: where image-level labels come from (see the module docstring).
+        image_label_field: the ``images[]`` field of ``field`` mode.
         transforms: a joint transform over the whole sample (torchvision.transforms.v2).
+        image_ids: keep only these images (deterministic splits of one file).
+        max_image_pixels: refuse images larger than this (checked before decoding).
+        check_images: check every image file up front (exists, decodable header, size).
+        document: an already validated and cleaned document of ``annotation_file`` (several
+            splits of one file share a single validation).
     """
 
     def __init__(
@@ -79,46 +99,75 @@ class CocoMultiTaskDataset(Dataset):
         annotation_file: str | Path,
         image_root: str | Path,
         tasks: tuple[str, ...] = TASK_NAMES,
+        image_labels: ImageLabels = "auto",
         image_label_field: str = "image_label",
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        image_ids: set[int] | None = None,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        check_images: bool = True,
+        document: dict[str, Any] | None = None,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_root = Path(image_root)
         self.tasks = tuple(tasks)
         self.transforms = transforms
-        with open(self.annotation_file) as handle:
-            coco = json.load(handle)
+        self.max_image_pixels = max_image_pixels
+        coco = document if document is not None else load_and_validate(
+            self.annotation_file, self.image_root, check_images=check_images,
+            max_pixels=max_image_pixels, image_label_field=image_label_field,
+        )
         categories = sorted(coco["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in categories]
         self.category_names = [str(c["name"]) for c in categories]
-        self.image_class_names = [
-            str(c["name"]) for c in sorted(coco.get("image_categories", []), key=lambda c: c["id"])
-        ]
         index_of = {cid: i for i, cid in enumerate(self.category_ids)}
+        self.image_labels = resolve_image_labels(coco, image_labels, image_label_field)
+        self.image_class_names = image_class_names(coco, self.image_labels, image_label_field,
+                                                   self.category_names)
         by_image: dict[int, list[dict[str, Any]]] = {}
         for annotation in coco.get("annotations", []):
             by_image.setdefault(int(annotation["image_id"]), []).append(annotation)
+        name_to_label = {name: i for i, name in enumerate(self.image_class_names)}
         self.records = [
-            self._record(image, by_image.get(int(image["id"]), []), index_of, image_label_field)
+            self._record(image, by_image.get(int(image["id"]), []), index_of,
+                         image_label_field, name_to_label)
             for image in coco["images"]
+            if image_ids is None or int(image["id"]) in image_ids
         ]
+        if not self.records:
+            raise DataError(
+                f"{self.annotation_file} has no images in this split; check the split options."
+            )
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether classification is multi-label (labels derived from the categories)."""
+        return self.image_labels == "derived"
 
     def _record(
         self, image: dict[str, Any], annotations: list[dict[str, Any]],
-        index_of: dict[int, int], image_label_field: str,
+        index_of: dict[int, int], image_label_field: str, name_to_label: dict[str, int],
     ) -> ImageRecord:
-        boxes, labels, segmentations = [], [], []
+        boxes, labels, crowd, segmentations, ignore = [], [], [], [], []
+        unsegmented = 0  # objects with no mask at all: the image has no segmentation label
         for annotation in annotations:
             label = index_of[int(annotation["category_id"])]
-            crowd = bool(annotation.get("iscrowd", 0))
+            is_crowd = bool(annotation.get("iscrowd", 0))
+            x, y, w, h = (float(v) for v in annotation["bbox"])
             if annotation.get("segmentation"):
-                value = IGNORE_INDEX if crowd else label + 1
+                value = IGNORE_INDEX if is_crowd else label + 1
                 segmentations.append((annotation["segmentation"], value))
-            if not crowd:
-                x, y, w, h = (float(v) for v in annotation["bbox"])
+            elif annotation.get("mask_missing") or is_crowd:
+                ignore.append([x, y, x + w, y + h])
+            else:
+                unsegmented += 1
+            if is_crowd:
+                crowd.append([x, y, x + w, y + h])
+            else:
                 boxes.append([x, y, x + w, y + h])
                 labels.append(label)
-        label_value = image.get(image_label_field)
+        labelled = set(image.get("labelled_tasks", TASK_NAMES))
+        if unsegmented:
+            labelled.discard("segmentation")
         return ImageRecord(
             image_id=int(image["id"]),
             path=self.image_root / image["file_name"],
@@ -126,38 +175,61 @@ class CocoMultiTaskDataset(Dataset):
             width=int(image["width"]),
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             labels=np.asarray(labels, dtype=np.int64),
+            crowd_boxes=np.asarray(crowd, dtype=np.float32).reshape(-1, 4),
             segmentations=segmentations,
-            image_label=None if label_value is None else int(label_value),
-            labelled_tasks=frozenset(image.get("labelled_tasks", TASK_NAMES)),
+            ignore_boxes=ignore,
+            image_label=self._image_label(image, labels, image_label_field, name_to_label),
+            labelled_tasks=frozenset(labelled),
         )
+
+    def _image_label(
+        self, image: dict[str, Any], labels: list[int], image_label_field: str,
+        name_to_label: dict[str, int],
+    ) -> int | list[int] | None:
+        if self.image_labels == "derived":
+            return sorted(set(labels))
+        if self.image_labels == "field":
+            value = image.get(image_label_field)
+            if value is None:
+                return None
+            if isinstance(value, str):
+                return name_to_label[value]
+            return int(value)
+        return None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def semantic_mask(self, record: ImageRecord) -> np.ndarray:
-        """uint8 [H, W]: 0 background, k+1 for category index k, 255 for crowd regions."""
+        """uint8 [H, W]: 0 background, k+1 for category index k, 255 for crowds and objects
+        without a usable mask."""
         mask = np.zeros((record.height, record.width), dtype=np.uint8)
         for segmentation, value in record.segmentations:
             mask[_decode_segmentation(segmentation, record.height, record.width)] = value
+        for x0, y0, x1, y1 in record.ignore_boxes:
+            mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = IGNORE_INDEX
         return mask
 
     def load_image(self, record: ImageRecord) -> torch.Tensor:
-        """uint8 RGB [3, H, W]; grayscale, RGBA and palette images are converted to RGB."""
-        return decode_image(read_file(str(record.path)), mode=ImageReadMode.RGB)
+        """uint8 RGB [3, H, W], EXIF orientation applied; any format, depth or mode."""
+        return load_rgb(record.path, self.max_image_pixels, context=f"image id {record.image_id}")
+
+    def _classification_target(self, record: ImageRecord) -> torch.Tensor:
+        if self.multilabel:
+            target = torch.zeros(len(self.image_class_names))
+            target[list(record.image_label or [])] = 1.0
+            return target
+        return torch.tensor(record.image_label if record.image_label is not None else -1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         image = self.load_image(record)
         height, width = image.shape[-2:]
         targets: dict[str, Any] = {}
-        has: dict[str, bool] = {}
-        for task in self.tasks:
-            has[task] = task in record.labelled_tasks
+        has = {task: task in record.labelled_tasks for task in self.tasks}
         if "classification" in self.tasks:
-            has["classification"] &= record.image_label is not None
-            targets["classification"] = torch.tensor(
-                record.image_label if record.image_label is not None else -1
-            )
+            has["classification"] &= record.image_label is not None and self.image_labels != "off"
+            targets["classification"] = self._classification_target(record)
         if "segmentation" in self.tasks:
             mask = self.semantic_mask(record) if has["segmentation"] else np.full(
                 (height, width), IGNORE_INDEX, dtype=np.uint8
@@ -165,11 +237,16 @@ class CocoMultiTaskDataset(Dataset):
             # uint8 until the loss: 8x less to pass from loader workers to the training process.
             targets["segmentation"] = tv_tensors.Mask(torch.from_numpy(mask))
         if "detection" in self.tasks:
+            boxes = np.concatenate([record.boxes, record.crowd_boxes])
             targets["detection"] = {
                 "boxes": tv_tensors.BoundingBoxes(
-                    torch.from_numpy(record.boxes), format="XYXY", canvas_size=(height, width)
+                    torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)
                 ),
-                "labels": torch.from_numpy(record.labels),
+                "labels": torch.from_numpy(
+                    np.concatenate([record.labels, np.zeros(len(record.crowd_boxes), np.int64)])
+                ),
+                "iscrowd": torch.cat([torch.zeros(len(record.boxes), dtype=torch.bool),
+                                      torch.ones(len(record.crowd_boxes), dtype=torch.bool)]),
             }
         sample = {
             "image": tv_tensors.Image(image),
@@ -179,3 +256,34 @@ class CocoMultiTaskDataset(Dataset):
                      "orig_size": (int(height), int(width))},
         }
         return self.transforms(sample) if self.transforms is not None else sample
+
+
+def resolve_image_labels(
+    coco: dict[str, Any], mode: ImageLabels, image_label_field: str
+) -> ImageLabels:
+    """``auto`` -> ``field`` when any image carries the field, else ``derived``."""
+    if mode not in ("auto", "field", "derived", "off"):
+        raise ValueError(
+            f"image_labels must be auto, field, derived or off, got '{mode}'."
+        )
+    if mode != "auto":
+        return mode
+    has_field = any(image_label_field in image for image in coco["images"])
+    return "field" if has_field else "derived"
+
+
+def image_class_names(
+    coco: dict[str, Any], mode: ImageLabels, image_label_field: str, category_names: list[str]
+) -> list[str]:
+    """Names of the image-level classes: ``image_categories``, the names found in the field,
+    or (``derived``) the object categories."""
+    if mode == "derived":
+        return list(category_names)
+    if mode == "off":
+        return []
+    if coco.get("image_categories"):
+        return [str(c["name"]) for c in sorted(coco["image_categories"], key=lambda c: c["id"])]
+    values = {image[image_label_field] for image in coco["images"] if image_label_field in image}
+    if all(isinstance(v, str) for v in values):
+        return sorted(values)
+    return [str(i) for i in range(int(max(values, default=-1)) + 1)]

@@ -9,15 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from mtl_lightning.data.coco import TASK_NAMES, CocoMultiTaskDataset
+from mtl_lightning.data.coco import (
+    TASK_NAMES,
+    CocoMultiTaskDataset,
+    ImageLabels,
+    image_class_names,
+    resolve_image_labels,
+)
 from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
 from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
 from mtl_lightning.data.transforms import eval_transforms, train_transforms
+from mtl_lightning.data.validation import DataError, load_and_validate, load_coco_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -190,12 +199,15 @@ class ScenesDataModule(MultiTaskDataModule):
     @property
     def task_info(self) -> dict[str, dict[str, Any]]:
         objects = list(self.config.class_names)
+        ids = list(range(1, len(objects) + 1))  # COCO category ids of the written dataset
         info = {
             "classification": {"num_classes": len(self.config.image_class_names),
                                "class_names": list(self.config.image_class_names)},
             "segmentation": {"num_classes": len(objects) + 1,
-                             "class_names": ["background", *objects]},
-            "detection": {"num_classes": len(objects), "class_names": objects},
+                             "class_names": ["background", *objects],
+                             "category_ids": [0, *ids]},
+            "detection": {"num_classes": len(objects), "class_names": objects,
+                          "category_ids": ids},
         }
         return {task: info[task] for task in self.tasks}
 
@@ -215,4 +227,160 @@ class ScenesDataModule(MultiTaskDataModule):
             )
 
 
-__all__ = ["MultiTaskDataModule", "ScenesDataModule"]
+class CocoDataModule(MultiTaskDataModule):
+    """Any COCO-format dataset: separate split files, or one file split deterministically.
+
+    Give ``train_annotations``/``train_images`` and ``val_annotations``/``val_images`` (and
+    optionally the ``test_*`` pair), or give one ``annotations``/``images`` pair and the
+    fractions ``val_fraction``/``test_fraction``: images are then assigned to splits by a
+    seeded permutation of their ids, so the split never changes between runs or machines.
+
+    Class counts and names come from the training file's ``categories`` (and the image
+    labels, see ``CocoMultiTaskDataset``); the original category ids travel with them into
+    the model, its checkpoints and ``predict``'s output.
+
+    Args:
+        train_annotations, train_images, val_annotations, val_images, test_annotations,
+        test_images: COCO JSON files and the folders their ``file_name`` entries are
+            relative to.
+        annotations, images: a single COCO file and its image folder, split by fractions.
+        val_fraction, test_fraction, split_seed: the deterministic split of that file.
+        image_labels: ``auto`` | ``field`` | ``derived`` | ``off`` (image-level labels).
+        image_label_field: the ``images[]`` field holding the image-level label.
+        max_image_pixels: refuse images larger than this many pixels (before decoding).
+        check_images: check every image file before training (exists, header, size).
+        **kwargs: loader and transform options of ``MultiTaskDataModule``.
+    """
+
+    def __init__(
+        self,
+        train_annotations: str | None = None,
+        train_images: str | None = None,
+        val_annotations: str | None = None,
+        val_images: str | None = None,
+        test_annotations: str | None = None,
+        test_images: str | None = None,
+        annotations: str | None = None,
+        images: str | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        image_labels: ImageLabels = "auto",
+        image_label_field: str = "image_label",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        check_images: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        single = annotations is not None
+        if single == (train_annotations is not None):
+            raise ValueError(
+                "CocoDataModule needs either train_annotations (+ val_annotations) or one "
+                "annotations file with val_fraction; give exactly one of the two."
+            )
+        if single:
+            if images is None:
+                raise ValueError("data.annotations needs data.images, the folder of its images.")
+            if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or (
+                val_fraction + test_fraction >= 1.0
+            ):
+                raise ValueError(
+                    "data.val_fraction and data.test_fraction must be in [0, 1) and sum to "
+                    "less than 1."
+                )
+            self.files = {split: (annotations, images) for split in ("train", "val", "test")}
+        else:
+            self.files = {"train": (train_annotations, train_images)}
+            for split, pair in (("val", (val_annotations, val_images)),
+                                ("test", (test_annotations, test_images))):
+                if pair[0] is not None:
+                    self.files[split] = pair
+        for split, (annotation_file, image_folder) in self.files.items():
+            if image_folder is None:
+                raise ValueError(f"data.{split}_annotations needs data.{split}_images too.")
+            if not Path(annotation_file).is_file():
+                raise FileNotFoundError(
+                    f"Annotation file '{annotation_file}' (data.{split}_annotations) does not "
+                    "exist; check the path."
+                )
+        self.fractions = {"val": val_fraction, "test": test_fraction} if single else None
+        self.split_seed = split_seed
+        self.image_label_field = image_label_field
+        self.max_image_pixels = max_image_pixels
+        self.check_images = check_images
+        # Class information is read here (before setup) so the CLI can link it into the model.
+        train = load_coco_json(self.files["train"][0])
+        self.image_labels = resolve_image_labels(train, image_labels, image_label_field)
+        if self.image_labels == "off":
+            self.tasks = tuple(t for t in self.tasks if t != "classification")
+        self._all_image_ids = sorted(int(image["id"]) for image in train["images"])
+        categories = sorted(train["categories"], key=lambda c: c["id"])
+        self.category_ids = [int(c["id"]) for c in categories]
+        self.category_names = [str(c["name"]) for c in categories]
+        self.image_class_names = image_class_names(
+            train, self.image_labels, image_label_field, self.category_names
+        )
+
+    @property
+    def task_info(self) -> dict[str, dict[str, Any]]:
+        names, ids = self.category_names, self.category_ids
+        info = {
+            "classification": {
+                "num_classes": len(self.image_class_names),
+                "class_names": list(self.image_class_names),
+                "multilabel": self.image_labels == "derived",
+                **({"category_ids": ids} if self.image_labels == "derived" else {}),
+            },
+            "segmentation": {"num_classes": len(names) + 1, "class_names": ["background", *names],
+                             "category_ids": [0, *ids]},
+            "detection": {"num_classes": len(names), "class_names": list(names),
+                          "category_ids": list(ids)},
+        }
+        return {task: info[task] for task in self.tasks}
+
+    def _split_ids(self, split: str) -> set[int] | None:
+        """Image ids of ``split`` when one file is split by fractions, else None (all)."""
+        if self.fractions is None:
+            return None
+        ids = self._all_image_ids
+        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(self.split_seed))
+        shuffled = [ids[i] for i in order.tolist()]
+        n_val = round(len(ids) * self.fractions["val"])
+        n_test = round(len(ids) * self.fractions["test"])
+        parts = {"val": shuffled[:n_val], "test": shuffled[n_val:n_val + n_test],
+                 "train": shuffled[n_val + n_test:]}
+        return set(parts[split])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate (fatal problems stop here, repairs are counted in one warning) and index."""
+        validated: dict[str, dict[str, Any]] = {}  # one validation per file, not per split
+        for split, (annotation_file, image_folder) in self.files.items():
+            if split in self.datasets:
+                continue
+            ids = self._split_ids(split)
+            if ids is not None and not ids:
+                continue  # a fraction of 0: no such split
+            if annotation_file not in validated:
+                validated[annotation_file] = load_and_validate(
+                    annotation_file, image_folder, check_images=self.check_images,
+                    max_pixels=self.max_image_pixels, image_label_field=self.image_label_field,
+                )
+            transforms = self.train_transforms() if split == "train" else self.eval_transforms()
+            self.datasets[split] = CocoMultiTaskDataset(
+                annotation_file, image_folder, tasks=self.tasks, image_labels=self.image_labels,
+                image_label_field=self.image_label_field, transforms=transforms,
+                image_ids=ids, max_image_pixels=self.max_image_pixels,
+                document=validated[annotation_file],
+            )
+            self._check_classes(split, self.datasets[split])
+
+    def _check_classes(self, split: str, dataset: CocoMultiTaskDataset) -> None:
+        if dataset.category_names != self.category_names:
+            raise DataError(
+                f"The {split} file {dataset.annotation_file} has categories "
+                f"{dataset.category_names} but the train file has {self.category_names}; "
+                "use the same categories in every split."
+            )
+
+
+__all__ = ["CocoDataModule", "MultiTaskDataModule", "ScenesDataModule"]

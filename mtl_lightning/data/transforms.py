@@ -18,8 +18,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 
-def _detection_labels(sample: dict[str, Any]) -> torch.Tensor:
-    return sample["targets"]["detection"]["labels"]
+def _detection_labels(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    """The per-box tensors that must be dropped together with their boxes."""
+    detection = sample["targets"]["detection"]
+    return tuple(detection[key] for key in ("labels", "iscrowd") if key in detection)
 
 
 def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:

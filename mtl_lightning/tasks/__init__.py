@@ -23,7 +23,8 @@ def build_task(name: str, options: dict[str, Any] | None, info: dict[str, Any] |
 
     ``info`` (``{"num_classes": int, "class_names": [...]}``) comes from the data module, so
     the user never types a class count; an explicit ``num_classes`` in ``options`` is checked
-    against it.
+    against it. ``info["category_ids"]`` (optional) holds the dataset's original id of each
+    class, which predictions report next to the contiguous index.
     """
     if name not in TASKS:
         raise UnknownTaskError(
@@ -38,6 +39,7 @@ def build_task(name: str, options: dict[str, Any] | None, info: dict[str, Any] |
             f"model.tasks.{name}.num_classes={options['num_classes']} but the data has "
             f"{info['num_classes']} classes; remove num_classes from the model config."
         )
+    category_ids = info.pop("category_ids", None)
     merged = {**info, **options}
     if "num_classes" not in merged:
         raise ValueError(
@@ -45,9 +47,12 @@ def build_task(name: str, options: dict[str, Any] | None, info: dict[str, Any] |
             f"'{name}' labels. Remove the task or use data that labels it."
         )
     try:
-        return TASKS[name](**merged)
+        task = TASKS[name](**merged)
     except TypeError as error:
         raise ValueError(f"Bad options for task '{name}': {error}.") from error
+    if category_ids is not None:
+        task.category_ids = [None if c is None else int(c) for c in category_ids]
+    return task
 
 
 __all__ = ["TASKS", "ClassificationTask", "DetectionTask", "SegmentationTask", "Task", "build_task"]

@@ -45,6 +45,8 @@ class Task(nn.Module, ABC):
         self.class_names = list(class_names) if class_names else [
             str(i) for i in range(self.num_classes)
         ]
+        #: The dataset's original id of each class (e.g. COCO category ids), when known.
+        self.category_ids: list[int | None] = [None] * self.num_classes
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"Task '{self.name}' has {self.num_classes} classes but "

@@ -122,13 +122,13 @@ class ClassificationTask(Task):
     def prediction_to_json(self, prediction: dict[str, torch.Tensor]) -> Any:
         if self.multilabel:
             return [
-                {"class_id": int(i), "name": self.class_names[int(i)],
-                 "score": float(prediction["scores"][i])}
+                {"class_id": int(i), "category_id": self.category_ids[int(i)],
+                 "name": self.class_names[int(i)], "score": float(prediction["scores"][i])}
                 for i in prediction["labels"]
             ]
         label = int(prediction["labels"][0])
-        return {"class_id": label, "name": self.class_names[label],
-                "score": float(prediction["scores"][0])}
+        return {"class_id": label, "category_id": self.category_ids[label],
+                "name": self.class_names[label], "score": float(prediction["scores"][0])}
 
     def draw(self, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
         """Write the predicted class name(s) in the top-left corner."""

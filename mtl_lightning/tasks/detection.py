@@ -62,6 +62,14 @@ def pad_targets(targets: Targets, device: torch.device) -> tuple[torch.Tensor, .
     return boxes, labels, valid
 
 
+def without_crowds(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The boxes that are training targets: ``iscrowd`` regions are evaluation-only."""
+    crowd = target.get("iscrowd")
+    if crowd is None or not bool(crowd.any()):
+        return target
+    return {"boxes": target["boxes"][~crowd], "labels": target["labels"][~crowd]}
+
+
 class DetectionTask(Task):
     """Detect objects as points with boxes.
 
@@ -199,7 +207,7 @@ class DetectionTask(Task):
         keep = has.nonzero().flatten()
         heat_logits = outputs["heatmap"][keep].float()
         box = outputs["box"][keep].float()
-        labelled = [targets[int(i)] for i in keep]
+        labelled = [without_crowds(targets[int(i)]) for i in keep]
         height, width = heat_logits.shape[-2:]
         encoded = self.encode(labelled, height, width, heat_logits.device)
         num_objects = encoded["num_objects"].sum().clamp(min=1)
@@ -258,10 +266,12 @@ class DetectionTask(Task):
             return
         keep = has.nonzero().flatten()
         predictions = self.postprocess({k: v[keep].detach() for k, v in outputs.items()})
-        truth = [
-            {"boxes": targets[int(i)]["boxes"].float(), "labels": targets[int(i)]["labels"]}
-            for i in keep
-        ]
+        truth = []
+        for i in keep.tolist():
+            target = {"boxes": targets[i]["boxes"].float(), "labels": targets[i]["labels"]}
+            if "iscrowd" in targets[i]:  # crowd regions: neither hits nor false positives
+                target["iscrowd"] = targets[i]["iscrowd"].long()
+            truth.append(target)
         metrics.update(predictions, truth)
 
     def compute_metrics(self, metrics: MetricCollection) -> dict[str, torch.Tensor]:
@@ -281,6 +291,7 @@ class DetectionTask(Task):
     def prediction_to_json(self, prediction: dict[str, torch.Tensor]) -> Any:
         return [
             {"box_xyxy": [round(float(v), 2) for v in box], "class_id": int(label),
+             "category_id": self.category_ids[int(label)],
              "name": self.class_names[int(label)], "score": round(float(score), 4)}
             for box, label, score in zip(
                 prediction["boxes"], prediction["labels"], prediction["scores"]

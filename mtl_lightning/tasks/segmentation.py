@@ -133,9 +133,13 @@ class SegmentationTask(Task):
         return resized[0, 0].long()
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
-        """Pixel counts per predicted class (the mask itself is written as a PNG)."""
+        """Pixel counts per predicted class; the mask PNG holds the class indices listed here."""
         counts = torch.bincount(prediction.flatten(), minlength=self.num_classes)
-        return {self.class_names[i]: int(c) for i, c in enumerate(counts) if c > 0}
+        return [
+            {"class_id": i, "category_id": self.category_ids[i], "name": self.class_names[i],
+             "pixels": int(c)}
+            for i, c in enumerate(counts) if c > 0
+        ]
 
     def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         masks = prediction[None] == torch.arange(1, self.num_classes, device=prediction.device)[

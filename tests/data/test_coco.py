@@ -83,7 +83,10 @@ def test_grayscale_rgba_palette_sizes_empty_images_and_crowds(tmp_path: Path) ->
     for sample in samples:
         assert sample["image"].shape == (3, 32, 32)
     gray = samples[0]
-    assert gray["targets"]["detection"]["labels"].tolist() == [1]  # the crowd is no target
+    detection = gray["targets"]["detection"]
+    # The crowd region rides along for evaluation only (iscrowd), never as a training target.
+    assert detection["iscrowd"].tolist() == [False, True]
+    assert detection["labels"][~detection["iscrowd"]].tolist() == [1]
     mask = gray["targets"]["segmentation"]
     assert (mask == IGNORE_INDEX).any() and (mask == 2).any()  # crowd ignored, nut painted
     empty = samples[2]  # no annotations: a valid negative with empty boxes

@@ -1,0 +1,162 @@
+"""``mtl-lightning check-data``: validate COCO annotation files before training on them.
+
+Two ways to name the data::
+
+    mtl-lightning check-data --annotations FILE --images DIR [--max_image_pixels N]
+    mtl-lightning check-data --config CONFIG.yaml
+
+With ``--config`` the run config's ``data.init_args`` is read and every
+``<split>_annotations`` / ``<split>_images`` pair among train, val and test is checked, and
+the single ``annotations`` / ``images`` pair of a file split by fraction (a ``data:`` entry
+that is a path to a YAML file is read too, relative to the config first).
+A data module without such keys (Scenes, generated) has nothing to check.
+
+It prints the full report of every file (images, annotations per category, images usable per
+task, box sizes, every problem) and exits 1 when a file has a fatal problem, else 0; the
+problems training would repair or drop are listed but do not fail the check.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentParser
+
+from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
+from mtl_lightning.data.validation import DataError, DataReport, load_coco_json, validate_coco
+
+SPLITS = ("train", "val", "test")
+
+
+def check_files(
+    annotations: str,
+    images: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    image_label_field: str | None = "image_label",
+) -> DataReport:
+    """Load and validate one annotation file against its image folder; returns the report.
+
+    Raises ``DataError`` when the file cannot be read as COCO at all (malformed JSON,
+    missing required keys); every other problem is in the report.
+    """
+    document = load_coco_json(annotations)
+    _, report = validate_coco(document, images, annotation_file=str(annotations),
+                              max_pixels=max_pixels, image_label_field=image_label_field)
+    return report
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise DataError(f"{what} '{path}' does not exist; check the path.")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise DataError(f"{path}: malformed YAML{where}; fix the file.") from None
+
+
+def data_init_args(config: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(class_path, init_args)`` of a run config's ``data`` entry (inline or a YAML path).
+
+    A data-group file such as ``configs/data/coco.yaml`` (``class_path`` at the top) works too.
+    """
+    config = Path(config)
+    document = _read_yaml(config, "config file") or {}
+    if not isinstance(document, dict):
+        return "", {}
+    data = document if "class_path" in document and "data" not in document else document.get(
+        "data")
+    if isinstance(data, str):  # "data: data/coco.yaml", as LightningCLI allows
+        path = config.parent / data
+        data = _read_yaml(path if path.is_file() else Path(data), f"data config of {config}")
+    if not isinstance(data, dict):
+        return "", {}
+    init_args = data.get("init_args")
+    if not isinstance(init_args, dict):  # class_path with its arguments beside it
+        init_args = {k: v for k, v in data.items() if k != "class_path"}
+    return str(data.get("class_path", "")), init_args
+
+
+def _pairs_from_config(config: str) -> tuple[str, list[tuple[str, str]], dict[str, Any]]:
+    """(class_path, distinct (annotations, images) pairs, init_args) of a run config.
+
+    The pairs are ``annotations``/``images`` (one file split by fraction) and
+    ``<split>_annotations``/``<split>_images`` for train, val and test, where present.
+    """
+    class_path, init_args = data_init_args(config)
+    pairs: list[tuple[str, str]] = []
+    for prefix in ("", *(f"{split}_" for split in SPLITS)):
+        annotations = init_args.get(f"{prefix}annotations")
+        if annotations is None:
+            continue
+        images = init_args.get(f"{prefix}images")
+        if images is None:
+            raise DataError(f"{config}: data.init_args has {prefix}annotations but no "
+                            f"{prefix}images; add the folder its file_name entries are in.")
+        if (str(annotations), str(images)) not in pairs:
+            pairs.append((str(annotations), str(images)))
+    return class_path, pairs, init_args
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="mtl-lightning check-data",
+        description="Validate COCO annotation files (and their images) before training: "
+        "prints what would be repaired or dropped and exits 1 on fatal problems.",
+    )
+    parser.add_argument("--annotations", type=str | None, default=None,
+                        help="A COCO annotation file.")
+    parser.add_argument("--images", type=str | None, default=None,
+                        help="The folder its images[].file_name entries are relative to.")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="Images with more pixels (height * width) are dropped.")
+    parser.add_argument("--config", type=str | None, default=None,
+                        help="A run config: checks its data.init_args <split>_annotations / "
+                        "<split>_images pairs.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``check-data`` on ``argv`` (without the program name); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check-data"]:
+        argv = argv[1:]
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.config is None and (args.annotations is None or args.images is None):
+        parser.error("give --annotations FILE and --images DIR, or --config CONFIG.yaml.")
+    options: dict[str, Any] = {"max_pixels": args.max_image_pixels}
+    pairs = [(args.annotations, args.images)]
+    if args.config is not None:
+        try:
+            class_path, pairs, init_args = _pairs_from_config(args.config)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if not pairs:
+            print(f"{args.config}: the data module ({class_path or 'none given'}) reads no COCO "
+                  "annotation files; nothing to check.")
+            return 0
+        options["max_pixels"] = int(init_args.get("max_image_pixels", args.max_image_pixels))
+        if "image_label_field" in init_args:
+            options["image_label_field"] = init_args["image_label_field"]
+    failed = False
+    for annotation_file, image_root in pairs:
+        try:
+            report = check_files(annotation_file, image_root, **options)
+        except DataError as error:  # the file is not readable COCO: one sentence, no traceback
+            print(f"error: {error}", file=sys.stderr)
+            failed = True
+            continue
+        print(report.to_text(), end="\n\n")
+        failed |= bool(report.fatal)
+    print("check-data: fatal problems found; fix them before training." if failed
+          else "check-data: no fatal problems.")
+    return int(failed)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,418 @@
+"""A data module that trains on several datasets, each labelling only some tasks.
+
+Sources are plain dicts, so they read naturally in YAML and need no registration::
+
+    data:
+      class_path: mtl_lightning.data.multisource.MultiSourceDataModule
+      init_args:
+        image_size: 256
+        sampling_mode: max_size_cycle
+        sources:
+          - {kind: segmentation_folder, name: camvid, split: train,
+             images: data/camvid/train, masks: data/camvid/trainannot,
+             class_names: [background, road, car]}
+          - {kind: classification_folder, name: scenes, split: train, root: data/places/train}
+          - {kind: voc, name: voc, split: train, images: data/VOC/JPEGImages,
+             annotations: data/VOC/Annotations, ids: data/VOC/ImageSets/Main/train.txt}
+          - {kind: coco, name: fruits, split: val, annotation_file: data/f/val.json,
+             image_root: data/f/images, tasks: [detection]}
+
+Each source is ``{"kind", "name", "split"}`` plus the arguments of its reader (see
+``SOURCE_KINDS``; a ``coco`` source also takes ``tasks``, the tasks it should label). Every
+sample carries a target for every task of ``data.tasks``: tasks its source does not label get
+``has[task] = False`` and a placeholder, so the model masks their loss and metrics.
+
+Classes are reconciled by name: every source labelling a task must have the same class names
+(order may differ); the data module uses the first such source's order and remaps the others'
+labels, before the transforms. Different names are an error, never a silent union.
+
+Training: one DataLoader per train source (``batch_size`` images each), combined by Lightning's
+``CombinedLoader`` in ``sampling_mode``; it yields ``{source: batch}`` and
+:meth:`MultiSourceDataModule.on_after_batch_transfer` concatenates those into ONE batch. The
+hook, rather than a wrapper iterable, keeps the real ``CombinedLoader`` visible to Lightning,
+which therefore still inserts a ``DistributedSampler`` into every source's loader under DDP
+and knows the epoch length. ``"sequential"`` (every source in turn) is refused by
+``Trainer.fit`` as a ``CombinedLoader`` mode, so it is one loader over the concatenated
+sources whose sampler shuffles within each source and visits sources in order.
+
+Validation and test: ``eval_loaders="concat"`` (default) gives one loader over all the split's
+sources in order, which works with any module and keeps log keys unchanged; the module only
+updates each task's metrics on samples with ``has[task]``, so each source is evaluated on the
+tasks it labels. ``"per_source"`` gives a list of loaders, one per source; Lightning then
+requires ``validation_step``/``test_step`` to take ``dataloader_idx`` and suffixes step-logged
+keys with ``/dataloader_idx_N``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torchvision import tv_tensors
+
+from mtl_lightning.data.coco import IGNORE_INDEX, TASK_NAMES, CocoMultiTaskDataset
+from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.datamodules import MultiTaskDataModule
+from mtl_lightning.data.sources import (
+    ClassificationFolder,
+    DataSourceError,
+    SegmentationFolder,
+    VocDetectionFolder,
+    placeholder_target,
+)
+
+SPLITS = ("train", "val", "test")
+SamplingMode = Literal["max_size_cycle", "min_size", "max_size", "sequential"]
+EvalLoaders = Literal["concat", "per_source"]
+Batch = dict[str, Any]
+
+SOURCE_KINDS: dict[str, type] = {
+    "coco": CocoMultiTaskDataset,
+    "segmentation_folder": SegmentationFolder,
+    "classification_folder": ClassificationFolder,
+    "voc": VocDetectionFolder,
+}
+
+
+@dataclass
+class Source:
+    """One configured source: its reader (untransformed) and the classes of each task it labels."""
+
+    name: str
+    kind: str
+    split: str
+    reader: Dataset
+    classes: dict[str, list[str]]
+
+
+def _coco_classes(reader: CocoMultiTaskDataset) -> dict[str, list[str]]:
+    names = {
+        "classification": reader.image_class_names,
+        "segmentation": ["background", *reader.category_names],
+        "detection": reader.category_names,
+    }
+    labelled = [t for t in reader.tasks if (reader.category_names if t != "classification"
+                                             else reader.image_class_names)]
+    return {task: list(names[task]) for task in labelled}
+
+
+def build_source(spec: Mapping[str, Any], position: int) -> Source:
+    """Validate one ``data.sources`` entry and build its reader (no transforms yet)."""
+    where = f"data.sources[{position}]"
+    if not isinstance(spec, Mapping):
+        raise DataSourceError(f"{where} must be a mapping with kind, name and split.")
+    options = dict(spec)
+    kind, name, split = options.pop("kind", None), options.pop("name", None), options.pop(
+        "split", None)
+    if kind not in SOURCE_KINDS:
+        raise DataSourceError(f"{where} has kind {kind!r}; use one of {list(SOURCE_KINDS)}.")
+    if not isinstance(name, str) or not name:
+        raise DataSourceError(f"{where} needs a non-empty 'name' (used in logs and meta).")
+    if split not in SPLITS:
+        raise DataSourceError(f"{where} ('{name}') has split {split!r}; use one of {SPLITS}.")
+    reader_class = SOURCE_KINDS[kind]
+    parameters = inspect.signature(reader_class).parameters
+    allowed = [p for p in parameters if p != "transforms"]
+    required = [p for p, v in parameters.items() if v.default is inspect.Parameter.empty]
+    unknown = sorted(set(options) - set(allowed))
+    missing = [p for p in required if p not in options]
+    if unknown or missing:
+        problems = [f"has unknown option(s) {unknown}"] if unknown else []
+        problems += [f"lacks {missing}"] if missing else []
+        problem = " and ".join(problems)
+        raise DataSourceError(
+            f"{where} ('{name}', kind {kind}) {problem}; a {kind} source takes {allowed}."
+        )
+    if kind == "coco":
+        if not Path(options["annotation_file"]).is_file():
+            raise DataSourceError(
+                f"{where} ('{name}'): annotation_file '{options['annotation_file']}' does not "
+                "exist; check the path."
+            )
+        reader = CocoMultiTaskDataset(**options)
+        classes = _coco_classes(reader)
+    else:
+        reader = reader_class(**options)
+        classes = {t: info["class_names"] for t, info in reader.task_info.items()}
+    return Source(name=name, kind=kind, split=split, reader=reader, classes=classes)
+
+
+def reconcile_classes(
+    sources: Sequence[Source], tasks: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
+    """One class list per task, and per source the label remaps onto it.
+
+    The first source labelling a task fixes the order; every other source labelling it must
+    have the same set of names (segmentation: the same object classes; index 0 is background
+    whatever it is called). Returns ``task_info`` and ``{source: {task: lookup}}`` where
+    ``lookup[source_label] == module_label`` (segmentation: over mask values 0..255), only for
+    sources whose order differs.
+    """
+    task_info: dict[str, dict[str, Any]] = {}
+    remaps: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sources}
+    for task in tasks:
+        labelling = [s for s in sources if task in s.classes]
+        if not labelling:
+            raise DataSourceError(
+                f"data.tasks includes '{task}' but no source in data.sources labels it; add a "
+                "source for it or remove it from data.tasks."
+            )
+        first = labelling[0]
+        reference = first.classes[task]
+        skip = 1 if task == "segmentation" else 0  # background is matched by position
+        for source in labelling:
+            names = source.classes[task]
+            if len(set(names)) != len(names):
+                raise DataSourceError(
+                    f"Source '{source.name}' names a {task} class twice ({names}); give every "
+                    "class a unique name."
+                )
+            mine, theirs = set(names[skip:]), set(reference[skip:])
+            if mine != theirs:
+                raise DataSourceError(
+                    f"Sources '{first.name}' and '{source.name}' label {task} with different "
+                    f"classes (only in '{first.name}': {sorted(theirs - mine)}, only in "
+                    f"'{source.name}': {sorted(mine - theirs)}); give every source labelling "
+                    f"{task} the same class names (their order may differ)."
+                )
+            if names != reference:
+                remaps[source.name][task] = _lookup(task, names, reference)
+        task_info[task] = {"num_classes": len(reference), "class_names": list(reference)}
+    return task_info, remaps
+
+
+def _lookup(task: str, names: list[str], reference: list[str]) -> torch.Tensor:
+    index = {name: i for i, name in enumerate(reference)}
+    if task != "segmentation":
+        return torch.tensor([index[name] for name in names], dtype=torch.int64)
+    lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
+    lookup[0] = 0
+    for value, name in enumerate(names[1:], start=1):
+        lookup[value] = index[name]
+    return lookup
+
+
+def remap_target(task: str, target: Any, lookup: torch.Tensor) -> Any:
+    """A labelled target with its class indices mapped through ``lookup``."""
+    if task == "segmentation":
+        return tv_tensors.wrap(lookup[target.long()], like=target)
+    if task == "detection":
+        return {**target, "labels": lookup[target["labels"]]}
+    if target.ndim == 0:  # class index
+        return lookup[target]
+    remapped = torch.zeros_like(target)  # multi-hot vector
+    remapped[lookup] = target
+    return remapped
+
+
+class SourceDataset(Dataset):
+    """One source in the module's terms: tasks filled, labels remapped, then transformed.
+
+    Keeps exactly ``tasks`` (adding placeholders for tasks the reader does not produce),
+    remaps labelled targets to the module's class order and adds ``meta["source"]``.
+    """
+
+    def __init__(
+        self, source: Source, tasks: Sequence[str], remaps: Mapping[str, torch.Tensor],
+        transforms: Any = None,
+    ) -> None:
+        self.source, self.tasks, self.remaps = source, tuple(tasks), dict(remaps)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.source.reader)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.source.reader[index]
+        height, width = sample["image"].shape[-2:]
+        targets, has = {}, {}
+        for task in self.tasks:
+            target = sample["targets"].get(task)
+            labelled = target is not None and bool(sample["has"].get(task, False))
+            if target is None:
+                target = placeholder_target(task, int(height), int(width))
+            if labelled and task in self.remaps:
+                target = remap_target(task, target, self.remaps[task])
+            targets[task], has[task] = target, labelled
+        sample = {**sample, "targets": targets, "has": has,
+                  "meta": {**sample.get("meta", {}), "source": self.source.name}}
+        return self.transforms(sample) if self.transforms is not None else sample
+
+
+class SourceBlockSampler(Sampler[int]):
+    """Indices of a ConcatDataset: every source in turn, shuffled within each source."""
+
+    def __init__(self, sizes: Sequence[int], shuffle: bool = True) -> None:
+        self.sizes, self.shuffle = list(sizes), shuffle
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __iter__(self) -> Iterator[int]:
+        offset = 0
+        for size in self.sizes:
+            order = torch.randperm(size) if self.shuffle else torch.arange(size)
+            yield from (order + offset).tolist()
+            offset += size
+
+
+def merge_batches(batches: Mapping[str, Batch | None]) -> Batch:
+    """Concatenate per-source batches (same task keys) into one; ``None`` (exhausted) skipped."""
+    parts = [batch for batch in batches.values() if batch is not None]
+    shapes = {tuple(batch["image"].shape[1:]) for batch in parts}
+    if len(shapes) > 1:
+        raise DataSourceError(
+            f"Training sources {list(batches)} give images of different sizes {sorted(shapes)}; "
+            "use transforms that resize every source to one image_size."
+        )
+    targets: dict[str, Any] = {}
+    for task, first in parts[0]["targets"].items():
+        values = [batch["targets"][task] for batch in parts]
+        targets[task] = torch.cat(values) if isinstance(first, torch.Tensor) else [
+            item for value in values for item in value
+        ]
+    return {
+        "image": torch.cat([batch["image"] for batch in parts]),
+        "targets": targets,
+        "has": {task: torch.cat([batch["has"][task] for batch in parts])
+                for task in parts[0]["has"]},
+        "meta": [meta for batch in parts for meta in batch.get("meta", [])],
+    }
+
+
+class MultiSourceDataModule(MultiTaskDataModule):
+    """Several datasets, each labelling some tasks, trained as one multi-task stream.
+
+    Args:
+        sources: one dict per source: ``kind`` (``coco``, ``segmentation_folder``,
+            ``classification_folder``, ``voc``), a unique ``name``, ``split`` (``train``,
+            ``val``, ``test``) and the reader's own arguments (paths, class names, ...).
+        sampling_mode: how train sources are combined per step: ``max_size_cycle`` (until the
+            longest ends, shorter ones restart), ``min_size`` (until the shortest ends),
+            ``max_size`` (until the longest ends, exhausted ones drop out of the batch) or
+            ``sequential`` (one source after another).
+        eval_loaders: ``concat`` (one validation/test loader over the split's sources) or
+            ``per_source`` (a list of loaders; the model's steps must take ``dataloader_idx``).
+        tasks: tasks to train (default: every task some source labels).
+        **kwargs: loader and transform options of ``MultiTaskDataModule``; ``batch_size`` and
+            ``num_workers`` apply to each train source's loader (a step sees ``batch_size``
+            images per train source, except in ``sequential`` mode).
+    """
+
+    def __init__(
+        self,
+        sources: list[dict[str, Any]],
+        sampling_mode: SamplingMode = "max_size_cycle",
+        eval_loaders: EvalLoaders = "concat",
+        tasks: tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(tasks=tuple(tasks) if tasks is not None else TASK_NAMES, **kwargs)
+        if sampling_mode not in SamplingMode.__args__:
+            raise DataSourceError(
+                f"data.sampling_mode is {sampling_mode!r}; use one of {SamplingMode.__args__}."
+            )
+        if eval_loaders not in EvalLoaders.__args__:
+            raise DataSourceError(
+                f"data.eval_loaders is {eval_loaders!r}; use one of {EvalLoaders.__args__}."
+            )
+        self.sampling_mode, self.eval_loaders = sampling_mode, eval_loaders
+        if not sources:
+            raise DataSourceError("data.sources is empty; give at least one train source.")
+        self.sources = [build_source(spec, i) for i, spec in enumerate(sources)]
+        names = [s.name for s in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise DataSourceError(f"data.sources repeats the name(s) {repeated}; make them unique.")
+        if tasks is None:
+            self.tasks = tuple(t for t in TASK_NAMES if any(t in s.classes for s in self.sources))
+        self._task_info, self.remaps = reconcile_classes(self.sources, self.tasks)
+        self.source_datasets: dict[str, dict[str, SourceDataset]] = {}
+
+    @property
+    def task_info(self) -> dict[str, dict[str, Any]]:
+        """Task -> ``{"num_classes", "class_names"}``, reconciled across sources by name."""
+        return {task: dict(info) for task, info in self._task_info.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Wrap every source with the module's tasks, remaps and its split's transforms."""
+        for split in SPLITS:
+            if split in self.source_datasets:
+                continue
+            transforms = self.train_transforms() if split == "train" else self.eval_transforms()
+            datasets = {
+                s.name: SourceDataset(s, self.tasks, self.remaps[s.name], transforms)
+                for s in self.sources if s.split == split
+            }
+            self.source_datasets[split] = datasets
+            if datasets:
+                self.datasets[split] = ConcatDataset(list(datasets.values()))
+
+    def _datasets(self, split: str) -> dict[str, SourceDataset]:
+        if split not in self.source_datasets:
+            raise RuntimeError("The data module is not set up; call setup() first.")
+        if not self.source_datasets[split]:
+            raise DataSourceError(
+                f"data.sources has no source with split '{split}'; add one to run that stage."
+            )
+        return self.source_datasets[split]
+
+    def _make_loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool = False,
+        sampler: Sampler[int] | None = None,
+    ) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+            drop_last=shuffle and len(dataset) > batch_size, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            collate_fn=collate_multitask,
+        )
+
+    def train_dataloader(self) -> CombinedLoader | DataLoader:
+        datasets = self._datasets("train")
+        if self.sampling_mode == "sequential":
+            sizes = [len(d) for d in datasets.values()]
+            return self._make_loader(ConcatDataset(list(datasets.values())), self.batch_size,
+                                     sampler=SourceBlockSampler(sizes))
+        loaders = {name: self._make_loader(d, self.batch_size, shuffle=True)
+                   for name, d in datasets.items()}
+        return CombinedLoader(loaders, mode=self.sampling_mode)
+
+    def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:
+        datasets = list(self._datasets(split).values())
+        if self.eval_loaders == "per_source" and len(datasets) > 1:
+            return [self._make_loader(d, self.eval_batch_size) for d in datasets]
+        return self._make_loader(ConcatDataset(datasets), self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if not self.source_datasets.get("val"):
+            return []  # no validation source: Lightning skips validation
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Concatenate the CombinedLoader's ``{source: batch}`` into one batch (on device)."""
+        if isinstance(batch, dict) and "image" not in batch:
+            return merge_batches(batch)
+        return batch
+
+
+__all__ = [
+    "SOURCE_KINDS",
+    "MultiSourceDataModule",
+    "Source",
+    "SourceBlockSampler",
+    "SourceDataset",
+    "build_source",
+    "merge_batches",
+    "reconcile_classes",
+    "remap_target",
+]
