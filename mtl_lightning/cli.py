@@ -102,7 +102,12 @@ class MultiTaskCLI(LightningCLI):
             config[key] = value
 
     def after_fit(self) -> None:
-        if self.config["fit"].test_after_fit:
+        data = self.datamodule
+        if self.config["fit"].test_after_fit and hasattr(data, "has_split") and (
+            not data.has_split("test")
+        ):
+            rank_zero_info("test_after_fit: the data has no test split, nothing to test.")
+        elif self.config["fit"].test_after_fit:
             best = self.trainer.checkpoint_callback
             ckpt = "best" if best is not None and best.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)

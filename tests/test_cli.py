@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -164,3 +165,39 @@ def test_print_config(tmp_path: Path, scenes_root: Path, capsys) -> None:
         main(["fit", *_args(tmp_path, scenes_root), "--print_config"])
     out = capsys.readouterr().out
     assert "backbone: resnet18" in out and "ScenesDataModule" in out
+
+
+def test_a_corrupt_image_met_in_a_loader_worker_is_one_line(tmp_path: Path, capsys) -> None:
+    """A JPEG whose header reads fine but whose data is cut off passes the up-front check and
+    fails while a worker decodes it: the user still gets one sentence naming the file."""
+    images = tmp_path / "images"
+    images.mkdir()
+    entries, annotations = [], []
+    noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    for i in range(4):
+        Image.fromarray(noise).save(images / f"{i}.jpg", quality=95)
+        entries.append({"id": i + 1, "file_name": f"{i}.jpg", "width": 160, "height": 160})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2,
+                            "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0,
+                            "segmentation": [[4, 4, 24, 4, 24, 24, 4, 24]]})
+    broken = images / "2.jpg"
+    broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) // 2])
+    document = {"images": entries, "annotations": annotations,
+                "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}]}
+    (tmp_path / "train.json").write_text(json.dumps(document))
+    with pytest.raises(SystemExit) as exit_info:
+        main([
+            "fit", "--config", str(SMOKE_CONFIG),
+            "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.enable_progress_bar", "false",
+            "--data", "mtl_lightning.data.CocoDataModule",
+            "--data.init_args.train_annotations", str(tmp_path / "train.json"),
+            "--data.init_args.train_images", str(images),
+            "--data.init_args.val_annotations", str(tmp_path / "train.json"),
+            "--data.init_args.val_images", str(images),
+            "--data.init_args.image_size", "32", "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", "1", "--test_after_fit", "false",
+        ])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2.jpg" in err[0], err

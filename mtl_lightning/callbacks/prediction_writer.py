@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torchvision.io import ImageReadMode, decode_image, read_file, write_png
+from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
+from mtl_lightning.data.images import load_rgb
 
 #: Order in which tasks are drawn: masks first, then boxes, then the image label on top.
 DRAW_ORDER = ("segmentation", "detection", "classification")
@@ -60,7 +61,7 @@ class PredictionWriter(BasePredictionWriter):
                 mask = predictions["segmentation"].to(torch.uint8).cpu()[None]
                 write_png(mask, str(directory / f"{path.stem}_mask.png"))
             if self.overlays:
-                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+                image = load_rgb(path, max_pixels=2**62)  # already decoded once: no limit
                 for name in sorted(predictions, key=lambda n: DRAW_ORDER.index(n)
                                    if n in DRAW_ORDER else len(DRAW_ORDER)):
                     image = tasks[name].draw(image, _to_cpu(predictions[name]))

@@ -261,15 +261,23 @@ class CocoMultiTaskDataset(Dataset):
 def resolve_image_labels(
     coco: dict[str, Any], mode: ImageLabels, image_label_field: str
 ) -> ImageLabels:
-    """``auto`` -> ``field`` when any image carries the field, else ``derived``."""
+    """``auto`` -> ``field`` when any image carries the field, else ``derived`` (``off`` when
+    there is a single category: "which categories are present" would then be one class)."""
     if mode not in ("auto", "field", "derived", "off"):
         raise ValueError(
             f"image_labels must be auto, field, derived or off, got '{mode}'."
         )
+    if mode == "derived" and len(coco["categories"]) < 2:
+        raise DataError(
+            "image_labels=derived needs at least 2 categories (it labels which are present); "
+            "use image_labels=off or field."
+        )
     if mode != "auto":
         return mode
     has_field = any(image_label_field in image for image in coco["images"])
-    return "field" if has_field else "derived"
+    if has_field:
+        return "field"
+    return "derived" if len(coco["categories"]) > 1 else "off"
 
 
 def image_class_names(

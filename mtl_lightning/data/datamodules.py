@@ -13,7 +13,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from mtl_lightning.data.coco import (
     TASK_NAMES,
@@ -23,7 +22,7 @@ from mtl_lightning.data.coco import (
     resolve_image_labels,
 )
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
+from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
 from mtl_lightning.data.transforms import eval_transforms, train_transforms
 from mtl_lightning.data.validation import DataError, load_and_validate, load_coco_json
@@ -34,8 +33,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 class ImageFolderForPrediction(Dataset):
     """Every image file of a folder (sorted), for ``predict``: no labels, original size kept."""
 
-    def __init__(self, folder: str | Path, transforms: Any) -> None:
+    def __init__(
+        self, folder: str | Path, transforms: Any, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.folder = Path(folder)
+        self.max_pixels = max_pixels
         if not self.folder.is_dir():
             raise FileNotFoundError(
                 f"data.predict_images='{folder}' is not a folder; give a folder of images."
@@ -54,7 +56,7 @@ class ImageFolderForPrediction(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        image = load_rgb(path, self.max_pixels, context="data.predict_images")
         sample = {"image": tv_tensors.Image(image), "targets": {}, "has": {},
                   "meta": {"path": str(path), "orig_size": tuple(image.shape[-2:])}}
         return self.transforms(sample)
@@ -113,6 +115,10 @@ class MultiTaskDataModule(LightningDataModule):
         """Task -> ``{"num_classes", "class_names"}``, linked into the model by the CLI."""
         raise NotImplementedError
 
+    def has_split(self, split: str) -> bool:
+        """Whether ``setup`` produced a ``split`` dataset (a COCO test set is optional)."""
+        return split in self.datasets
+
     def train_transforms(self) -> Any:
         return train_transforms(self.image_size, self.tasks, **self.augment)
 
@@ -121,7 +127,10 @@ class MultiTaskDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if split not in self.datasets:
-            raise RuntimeError(f"The data module has no '{split}' split; call setup() first.")
+            raise ValueError(
+                f"The data has no '{split}' split: give the data module a {split} set "
+                f"(for COCO data: data.{split}_annotations and data.{split}_images)."
+            )
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,

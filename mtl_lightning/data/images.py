@@ -31,7 +31,8 @@ half-restored value: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is forced to False (a t
 must be an error, never a silently grey-filled image, even if other code turned it on), and
 ``Image.MAX_IMAGE_PIXELS`` is lifted, because ``max_pixels`` checked on the header is the one
 size rule; PIL's own decompression-bomb warning (89 Mpx) and error (179 Mpx) would otherwise
-apply their own fixed limit.
+apply their own fixed limit. The lock is held for the whole PIL decode, so PIL decodes in one
+process's threads run one at a time; DataLoader workers are processes and are not affected.
 """
 
 from __future__ import annotations
