@@ -7,7 +7,7 @@ backward, AdamW step, under the config's precision) on batches already in memory
 must be at least 2 so that decoding and augmentation never starve training.
 
     python benchmarks/loader_vs_step.py [--config configs/default.yaml] [--repeats 5]
-        [--batches 20] [--json benchmarks/results/loader_vs_step.json]
+        [--batches 20] [--json benchmarks/results/loader_vs_step.json] [-- OVERRIDES...]
 
 Each figure is the median of ``--repeats`` timed repetitions after one warm-up, with min
 and max; the table states the machine.
@@ -34,13 +34,24 @@ from mtl_lightning.module import MultiTaskModule
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build(config: Path) -> tuple[Any, Any, str]:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where it exists)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build(config: Path, overrides: list[str]) -> tuple[Any, Any, str]:
     """The config's data module (prepared and set up), model and precision, via the CLI."""
     scratch = tempfile.mkdtemp(prefix="mtl-bench-")
     cli = MultiTaskCLI(
         MultiTaskModule, LightningDataModule, subclass_mode_data=True, run=False,
         args=["--config", str(config), "--trainer.logger", "false",
-              "--trainer.default_root_dir", scratch],
+              "--trainer.default_root_dir", scratch, *overrides],
     )
     data = cli.datamodule
     data.prepare_data()
@@ -111,13 +122,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" /
                         "loader_vs_step.json")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides, e.g. --data.init_args.color_jitter=0.2")
     args = parser.parse_args()
-    data, model, precision = build(args.config)
+    data, model, precision = build(args.config, args.overrides)
     loader = summary(time_loader(data, args.batches, args.repeats))
     steps = summary(time_steps(data, model, precision, args.batches, args.repeats))
     ratio = loader["median"] / steps["median"]
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(),
+        "overrides": args.overrides,
+        "machine": {"cpu": cpu_model(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__},
         "config": str(args.config), "num_workers": data.num_workers,
         "batch_size": data.batch_size, "precision": precision,
