@@ -158,7 +158,7 @@ def main(args: list[str] | None = None) -> None:
 
         raise SystemExit(check_data(argv[1:]))
     try:
-        run_cli(argv)
+        run_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv itself
     except USER_ERRORS as error:
         print(f"mtl-lightning: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
