@@ -44,10 +44,12 @@ class AutoWandbLogger(WandbLogger):
         kwargs.pop("offline", None)
         super().__init__(offline=offline, **kwargs)
         self.mode = "offline" if offline else "online"
+        self._sync_hinted = False
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if self.mode == "offline" and self._experiment is not None:
+        if self.mode == "offline" and self._experiment is not None and not self._sync_hinted:
+            self._sync_hinted = True  # finalize runs after fit and again after test
             run_folder = Path(self._experiment.dir).parent
             print(f"W&B ran offline. Upload this run with: wandb sync {run_folder}")
