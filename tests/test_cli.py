@@ -53,6 +53,13 @@ def test_fit_writes_config_metrics_and_checkpoints(fitted) -> None:
     # Only {stage}/{task}/{metric} keys, and no non-scalar mAP entries.
     assert all(k.count("/") >= 2 for k in metrics)
     assert not any(k.endswith(("classes", "map_per_class")) for k in metrics)
+    # Overlays of the same fixed validation images after every epoch: truth | prediction.
+    epochs = sorted((run_dir / "overlays").iterdir())
+    assert [e.name for e in epochs] == ["epoch000", "epoch001"]
+    first = sorted(p.name for p in epochs[0].glob("*.png"))
+    assert len(first) == 8 and first == sorted(p.name for p in epochs[1].glob("*.png"))
+    picture = Image.open(epochs[0] / first[0])
+    assert picture.size == (2 * 256 + 4, 256)  # 64 px images enlarged 4x, side by side
     # The saved config reproduces the run: it is what the user gave, not this run's folder.
     saved = (run_dir / "config.yaml").read_text()
     assert "ScenesDataModule" in saved and "test_after_fit: true" in saved
@@ -133,6 +140,10 @@ def test_wandb_offline_run_folder_is_written(
     runs = list((Path(cli.run_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb"))
+    media = runs[0] / "files" / "media"
+    assert len(list((media / "images" / "val").glob("overlays_*.png"))) == 8
+    assert list((media / "metadata" / "boxes2D" / "val").glob("overlays_*.boxes2D.json"))
+    assert list((media / "images" / "mask" / "val").glob("*.png"))  # segmentation masks
     assert "wandb sync" in capsys.readouterr().out
 
 

@@ -1,6 +1,8 @@
-"""Callbacks: the metrics report (console table + metrics.json) and the prediction writer."""
+"""Callbacks: the metrics report (console table + metrics.json), prediction overlays of
+validation images (PNG + W&B) and the prediction writer."""
 
 from mtl_lightning.callbacks.metrics_report import MetricsReport
+from mtl_lightning.callbacks.prediction_overlays import PredictionOverlays
 from mtl_lightning.callbacks.prediction_writer import PredictionWriter
 
-__all__ = ["MetricsReport", "PredictionWriter"]
+__all__ = ["MetricsReport", "PredictionOverlays", "PredictionWriter"]

@@ -1,0 +1,224 @@
+"""Predictions drawn over a fixed set of validation images, as PNG files and W&B images.
+
+Every ``every_n_epochs`` validation epochs, the same ``num_images`` validation images (chosen
+once, evenly spaced through the split) go through the model. For each one a PNG is written to
+``<run dir>/overlays/epochNNN/<image id>.png``: the ground truth on the left, the prediction on
+the right (mask, boxes with class names and scores, image class), drawn by each task's own
+``draw``. With a W&B logger the same images are logged under ``val/overlays`` as
+``wandb.Image`` with interactive ground-truth and predicted masks and boxes (class names
+attached) and the image-level truth and prediction in the caption. Users without W&B lose
+nothing: the PNG files hold the same pictures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.io import write_png
+
+from mtl_lightning.callbacks.metrics_report import run_directory
+from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+#: Pictures smaller than this (pixels, shorter side) are enlarged before drawing.
+MIN_SIDE = 256
+#: Masks first, then boxes, then the image label on top.
+DRAW_ORDER = ("segmentation", "detection", "classification")
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation of one [3, H, W] image."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=image.device)[:, None, None]
+    return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def ground_truth_as_prediction(task: str, target: Any) -> Any:
+    """A target in the form the task's ``draw`` takes (scores of 1)."""
+    if task == "classification":
+        labels = target.nonzero().flatten() if target.ndim else target.reshape(1)
+        return {"labels": labels, "scores": torch.ones(len(labels))}
+    if task == "detection":
+        keep = ~target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
+        return {"boxes": target["boxes"][keep], "labels": target["labels"][keep],
+                "scores": torch.ones(int(keep.sum()))}
+    return target.long()
+
+
+class PredictionOverlays(Callback):
+    """Draw ground truth and predictions of fixed validation images.
+
+    Args:
+        num_images: how many validation images to show (0 switches the callback off).
+        every_n_epochs: draw at every n-th validation epoch.
+        save_png: write the PNG files in the run directory.
+        log_to_wandb: log ``wandb.Image`` objects when the trainer has a W&B logger.
+    """
+
+    def __init__(
+        self, num_images: int = 8, every_n_epochs: int = 1, save_png: bool = True,
+        log_to_wandb: bool = True,
+    ) -> None:
+        self.num_images = num_images
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.save_png = save_png
+        self.log_to_wandb = log_to_wandb
+        self._indices: list[int] | None = None
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self.num_images <= 0:
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        self._draw(trainer, pl_module)
+
+    @rank_zero_only
+    def _draw(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datasets = getattr(trainer.datamodule, "datasets", {})
+        dataset = datasets.get("val") if isinstance(datasets, dict) else None
+        if dataset is None or len(dataset) == 0:
+            return
+        if self._indices is None:  # chosen once per run: the same images every time
+            count = min(self.num_images, len(dataset))
+            self._indices = [round(i * (len(dataset) - 1) / max(count - 1, 1))
+                             for i in range(count)]
+        batch = collate_multitask([dataset[i] for i in self._indices])
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            predictions = pl_module.predict_tasks(batch["image"].to(pl_module.device))
+        pl_module.train(was_training)
+        pictures = [self._picture(pl_module, batch, i, predictions[i])
+                    for i in range(len(self._indices))]
+        if self.save_png:
+            folder = run_directory(trainer) / "overlays" / f"epoch{trainer.current_epoch:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for meta, picture in zip(batch["meta"], pictures):
+                write_png(picture, str(folder / f"{meta.get('image_id', 'image')}.png"))
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if self.log_to_wandb and loggers:
+            self._log_wandb(loggers[0], pl_module, batch, predictions, trainer.global_step)
+
+    def _picture(
+        self, pl_module: LightningModule, batch: dict, index: int, prediction: dict
+    ) -> torch.Tensor:
+        """Ground truth (left) and prediction (right), side by side; small images are
+        enlarged (nearest neighbour) to at least ``MIN_SIDE`` pixels so labels stay legible."""
+        image = to_uint8(batch["image"][index])
+        scale = max(1, MIN_SIDE // min(image.shape[-2:]))
+        image = _enlarged(image, scale)
+        truth, predicted = image.clone(), image.clone()
+        for name in sorted(prediction, key=lambda n: DRAW_ORDER.index(n)
+                           if n in DRAW_ORDER else len(DRAW_ORDER)):
+            task = pl_module.tasks[name]
+            if bool(batch["has"].get(name, torch.zeros(index + 1))[index]):
+                target = ground_truth_as_prediction(name, batch["targets"][name][index])
+                truth = task.draw(truth, _scaled(name, target, scale))
+            predicted = task.draw(predicted, _scaled(name, _cpu(prediction[name]), scale))
+        gap = torch.full((3, image.shape[1], 4), 255, dtype=torch.uint8)
+        return torch.cat([truth, gap, predicted], dim=2)
+
+    def _log_wandb(
+        self, logger: WandbLogger, pl_module: LightningModule, batch: dict,
+        predictions: list[dict], step: int,
+    ) -> None:
+        images, masks, boxes, captions = [], [], [], []
+        for i, prediction in enumerate(predictions):
+            images.append(to_uint8(batch["image"][i]).permute(1, 2, 0).numpy())
+            masks.append(_wandb_masks(pl_module, batch, i, prediction))
+            boxes.append(_wandb_boxes(pl_module, batch, i, prediction))
+            captions.append(_caption(pl_module, batch, i, prediction))
+        extra: dict[str, list] = {"caption": captions}
+        if any(masks):
+            extra["masks"] = masks
+        if any(boxes):
+            extra["boxes"] = boxes
+        logger.log_image("val/overlays", images, step=step, **extra)
+
+
+def _enlarged(picture: torch.Tensor, scale: int) -> torch.Tensor:
+    """Repeat every pixel ``scale`` times along both image axes (the last two)."""
+    if scale == 1:
+        return picture
+    return picture.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
+def _scaled(task: str, value: Any, scale: int) -> Any:
+    """A prediction or target drawn on an image enlarged ``scale`` times."""
+    if scale == 1:
+        return value
+    if task == "segmentation":
+        return _enlarged(value, scale)
+    if task == "detection":
+        return {**value, "boxes": value["boxes"] * scale}
+    return value
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _cpu(v) for key, v in value.items()}
+    return value
+
+
+def _labels(task: Any) -> dict[int, str]:
+    return dict(enumerate(task.class_names))
+
+
+def _wandb_masks(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> dict:
+    if "segmentation" not in prediction:
+        return {}
+    task = pl_module.tasks["segmentation"]
+    labels = {**_labels(task), 255: "ignore"}
+    masks = {"prediction": {"mask_data": prediction["segmentation"].cpu().numpy(),
+                            "class_labels": labels}}
+    if bool(batch["has"]["segmentation"][i]):
+        masks["ground_truth"] = {"mask_data": batch["targets"]["segmentation"][i].numpy(),
+                                 "class_labels": labels}
+    return masks
+
+
+def _box_data(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+              names: list[str]) -> list[dict]:
+    return [
+        {"position": {"minX": float(b[0]), "minY": float(b[1]), "maxX": float(b[2]),
+                      "maxY": float(b[3])},
+         "domain": "pixel", "class_id": int(c), "scores": {"score": float(s)},
+         "box_caption": f"{names[int(c)]} {float(s):.2f}"}
+        for b, c, s in zip(boxes.tolist(), labels.tolist(), scores.tolist())
+    ]
+
+
+def _wandb_boxes(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> dict:
+    if "detection" not in prediction:
+        return {}
+    task = pl_module.tasks["detection"]
+    found = _cpu(prediction["detection"])
+    boxes = {"predictions": {"box_data": _box_data(found["boxes"], found["labels"],
+                                                   found["scores"], task.class_names),
+                             "class_labels": _labels(task)}}
+    if bool(batch["has"]["detection"][i]):
+        truth = ground_truth_as_prediction("detection", batch["targets"]["detection"][i])
+        boxes["ground_truth"] = {"box_data": _box_data(truth["boxes"], truth["labels"],
+                                                       truth["scores"], task.class_names),
+                                 "class_labels": _labels(task)}
+    return boxes
+
+
+def _caption(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> str:
+    if "classification" not in prediction:
+        return str(batch["meta"][i].get("image_id", i))
+    task = pl_module.tasks["classification"]
+    predicted = ", ".join(task.class_names[int(c)] for c in prediction["classification"]["labels"])
+    caption = f"predicted: {predicted or '(none)'}"
+    if bool(batch["has"]["classification"][i]):
+        truth = ground_truth_as_prediction("classification",
+                                           batch["targets"]["classification"][i])
+        true_names = ", ".join(task.class_names[int(c)] for c in truth["labels"])
+        caption = f"true: {true_names} / {caption}"
+    return caption
