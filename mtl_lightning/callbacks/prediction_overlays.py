@@ -21,13 +21,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
+from mtl_lightning.callbacks.prediction_writer import draw_order, to_cpu
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: Pictures smaller than this (pixels, shorter side) are enlarged before drawing.
 MIN_SIDE = 256
-#: Masks first, then boxes, then the image label on top.
-DRAW_ORDER = ("segmentation", "detection", "classification")
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -112,13 +111,12 @@ class PredictionOverlays(Callback):
         scale = max(1, MIN_SIDE // min(image.shape[-2:]))
         image = _enlarged(image, scale)
         truth, predicted = image.clone(), image.clone()
-        for name in sorted(prediction, key=lambda n: DRAW_ORDER.index(n)
-                           if n in DRAW_ORDER else len(DRAW_ORDER)):
+        for name in draw_order(prediction):
             task = pl_module.tasks[name]
             if bool(batch["has"].get(name, torch.zeros(index + 1))[index]):
                 target = ground_truth_as_prediction(name, batch["targets"][name][index])
                 truth = task.draw(truth, _scaled(name, target, scale))
-            predicted = task.draw(predicted, _scaled(name, _cpu(prediction[name]), scale))
+            predicted = task.draw(predicted, _scaled(name, to_cpu(prediction[name]), scale))
         gap = torch.full((3, image.shape[1], 4), 255, dtype=torch.uint8)
         return torch.cat([truth, gap, predicted], dim=2)
 
@@ -158,14 +156,6 @@ def _scaled(task: str, value: Any, scale: int) -> Any:
     return value
 
 
-def _cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {key: _cpu(v) for key, v in value.items()}
-    return value
-
-
 def _labels(task: Any) -> dict[int, str]:
     return dict(enumerate(task.class_names))
 
@@ -198,7 +188,7 @@ def _wandb_boxes(pl_module: LightningModule, batch: dict, i: int, prediction: di
     if "detection" not in prediction:
         return {}
     task = pl_module.tasks["detection"]
-    found = _cpu(prediction["detection"])
+    found = to_cpu(prediction["detection"])
     boxes = {"predictions": {"box_data": _box_data(found["boxes"], found["labels"],
                                                    found["scores"], task.class_names),
                              "class_labels": _labels(task)}}

@@ -23,6 +23,11 @@ from mtl_lightning.data.images import load_rgb
 DRAW_ORDER = ("segmentation", "detection", "classification")
 
 
+def draw_order(tasks: Any) -> list[str]:
+    """Task names in drawing order (unknown tasks last)."""
+    return sorted(tasks, key=lambda n: DRAW_ORDER.index(n) if n in DRAW_ORDER else len(DRAW_ORDER))
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write predictions as files.
 
@@ -62,15 +67,15 @@ class PredictionWriter(BasePredictionWriter):
                 write_png(mask, str(directory / f"{path.stem}_mask.png"))
             if self.overlays:
                 image = load_rgb(path, max_pixels=2**62)  # already decoded once: no limit
-                for name in sorted(predictions, key=lambda n: DRAW_ORDER.index(n)
-                                   if n in DRAW_ORDER else len(DRAW_ORDER)):
-                    image = tasks[name].draw(image, _to_cpu(predictions[name]))
+                for name in draw_order(predictions):
+                    image = tasks[name].draw(image, to_cpu(predictions[name]))
                 write_png(image, str(directory / f"{path.stem}_overlay.png"))
 
 
-def _to_cpu(value: Any) -> Any:
+def to_cpu(value: Any) -> Any:
+    """Tensors (also inside dicts) moved to the CPU, for drawing and serialising."""
     if isinstance(value, torch.Tensor):
         return value.cpu()
     if isinstance(value, dict):
-        return {key: _to_cpu(v) for key, v in value.items()}
+        return {key: to_cpu(v) for key, v in value.items()}
     return value
