@@ -2,7 +2,17 @@
 
 Read top to bottom: the model is built from the task list and the data's class information;
 a step runs the shared trunk once, each task's head, loss and metrics; the balancer turns
-task losses into one loss; AdamW with warm-up + cosine (timm's factories) optimises it.
+task losses into one update; AdamW with warm-up + cosine (timm's factories) optimises it.
+
+Balancing stays inside Lightning's automatic optimisation, so gradient clipping, gradient
+accumulation, precision plugins and schedulers work unchanged for every method:
+
+- a loss weighting (static, uncertainty, DWA, ...) returns ``sum_t w_t L_t`` from
+  ``training_step`` and Lightning back-propagates it;
+- a gradient weighting (MGDA, PCGrad, UPGrad, ...) needs each task's gradient: the step keeps
+  the task losses, and :meth:`MultiTaskModule.backward` (the hook Lightning calls with the
+  loss-scaled loss) computes the task gradients, their weights and the combined gradient
+  (:mod:`mtl_lightning.balancing.task_gradients`).
 """
 
 from __future__ import annotations
@@ -15,7 +25,19 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from mtl_lightning.balancing import Balancer, StaticWeighting
+from mtl_lightning.balancing import (
+    Balancer,
+    GradientWeighting,
+    LossWeighting,
+    StaticWeighting,
+    TaskLosses,
+)
+from mtl_lightning.balancing.task_gradients import (
+    SharedStructure,
+    TaskGradients,
+    compute_task_gradients,
+    write_combined_gradients,
+)
 from mtl_lightning.models import Backbone, FeaturePyramid
 from mtl_lightning.tasks import build_task
 
@@ -39,7 +61,8 @@ class MultiTaskModule(LightningModule):
         backbone_kwargs: further timm model arguments, e.g. ``{"channels": [32, 64, 128, 256],
             "stem_width": 32}`` for a half-width ResNet.
         neck_channels: width of the feature pyramid.
-        balancer: how task losses are combined (default: equal static weights).
+        balancer: how task losses become one update (default: equal static weights); any
+            class of :mod:`mtl_lightning.balancing`, e.g. ``configs/balancer/mgda.yaml``.
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (not applied to norms and biases).
         warmup_fraction: fraction of all steps spent warming the learning rate up linearly.
@@ -84,7 +107,14 @@ class MultiTaskModule(LightningModule):
             task.build_head(neck_channels, self.backbone.channels, self.backbone.reductions)
             self.tasks[name] = task
         self.balancer = balancer if balancer is not None else StaticWeighting()
-        unknown = set(getattr(self.balancer, "weights", {})) - set(self.tasks)
+        if not isinstance(self.balancer, (LossWeighting, GradientWeighting)):
+            raise ValueError(
+                f"model.balancer must be a LossWeighting or a GradientWeighting from "
+                f"mtl_lightning.balancing, got {type(self.balancer).__name__}."
+            )
+        self.balancer.bind(list(self.tasks))
+        static = self.balancer.weights if isinstance(self.balancer, StaticWeighting) else {}
+        unknown = set(static) - set(self.tasks)
         if unknown:
             raise ValueError(
                 f"Balancer weights name tasks that are not trained: {sorted(unknown)}; "
@@ -97,13 +127,20 @@ class MultiTaskModule(LightningModule):
         })
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        self._representation: list[torch.Tensor] = []  # this training step's backbone maps
+        self._pending: TaskLosses | None = None  # task losses awaiting a gradient weighting
+        self._balance_log: dict[str, torch.Tensor] = {}
+        self.gradient_conflict: tuple[tuple[str, ...], torch.Tensor] | None = None
 
     # ---------------------------------------------------------------- forward
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         """Raw outputs of every task head for a batch of normalised images."""
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        features = self.neck(self.backbone(image))
+        maps = self.backbone(image)
+        if self.training and torch.is_grad_enabled():
+            self._representation = maps  # what every head depends on: the balancer's view
+        features = self.neck(maps)
         size = (image.shape[-2], image.shape[-1])
         return {name: task(features, size) for name, task in self.tasks.items()}
 
@@ -114,32 +151,34 @@ class MultiTaskModule(LightningModule):
         return [{name: preds[i] for name, preds in per_task.items()} for i in range(len(image))]
 
     # ------------------------------------------------------------------ steps
-    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
+    def _task_losses(
+        self, batch: Batch, stage: str
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each task's loss (mean over its labelled samples) and its labelled-sample count;
+        metrics are updated on the way."""
         outputs = self(batch["image"])
-        size = len(batch["image"])
         losses: dict[str, torch.Tensor] = {}
-        present: list[str] = []  # tasks with a labelled sample in this batch (logged)
+        counts: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
             has = self._has(batch, name)
-            if bool(has.any()):
-                present.append(name)
             target = batch["targets"].get(name)
             losses[name] = task.loss(outputs[name], target, has)
+            counts[name] = has.sum()
             key = f"{stage}_{name}"
             if key in self.metrics:
-                metrics = self.metrics[key]
-                task.update_metrics(metrics, outputs[name], target, has)
-        total, weights = self.balancer(losses)
-        on_step = stage == "train"
-        for name in present:
-            loss = losses[name]
-            self.log(f"{stage}/{name}/loss", loss.detach(), on_step=on_step, on_epoch=not on_step,
-                     batch_size=size)
-        self.log(f"{stage}/mtl/loss", total.detach(), on_step=on_step, on_epoch=not on_step,
-                 prog_bar=True, batch_size=size)
-        if stage == "train":
-            for name, weight in weights.items():
-                self.log(f"train/mtl/weight/{name}", weight, on_step=True, batch_size=size)
+                task.update_metrics(self.metrics[key], outputs[name], target, has)
+        return losses, counts
+
+    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
+        """Validation and test: task losses and metrics (the loss logged is the plain sum)."""
+        losses, counts = self._task_losses(batch, stage)
+        size = len(batch["image"])
+        for name, loss in losses.items():
+            if bool(counts[name] > 0):
+                self.log(f"{stage}/{name}/loss", loss.detach(), on_epoch=True, batch_size=size)
+        total = sum(losses.values())
+        self.log(f"{stage}/mtl/loss", total.detach(), on_epoch=True, prog_bar=True,
+                 batch_size=size)
         return total
 
     def _has(self, batch: Batch, name: str) -> torch.Tensor:
@@ -149,7 +188,95 @@ class MultiTaskModule(LightningModule):
         return has
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        local, counts = self._task_losses(batch, "train")
+        losses = TaskLosses.gather(local, counts)  # global values; one all-reduce under DDP
+        size = len(batch["image"])
+        for name, value in losses.values.items():
+            self.log(f"train/{name}/loss", value, on_step=True, batch_size=size)
+        step = self.global_step
+        if isinstance(self.balancer, GradientWeighting):
+            # The update is made in ``backward``; the loss returned here carries the graph.
+            self._pending = losses
+            total = sum(losses.share[t] * losses.local[t] for t in losses.tasks)
+            self.log("train/mtl/loss", total.detach(), on_step=True, prog_bar=True,
+                     batch_size=size)
+            return total
+        combination = self.balancer.combine(losses, step)
+        self._balance_log = {f"weight/{t}": w for t, w in combination.weights.items()}
+        if self.balancer.wants_statistics(step):
+            gradients = compute_task_gradients(
+                losses, self._shared_structure(), "representation", self._loss_scale())
+            self._record_statistics(gradients)
+        self.log("train/mtl/loss", combination.value, on_step=True, prog_bar=True,
+                 batch_size=size)
+        return combination.loss
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's backward hook. ``loss`` arrives divided by the accumulation factor and
+        multiplied by the loss scale (16-mixed); a gradient weighting applies the same factor
+        to the combined gradient it writes, so clipping and unscaling work as usual."""
+        losses, self._pending = self._pending, None
+        if losses is None or not isinstance(self.balancer, GradientWeighting):
+            super().backward(loss, *args, **kwargs)
+            return
+        scale = self._loss_scale() / self.trainer.accumulate_grad_batches
+        structure = self._shared_structure()
+        gradients = compute_task_gradients(losses, structure, self.balancer.source, scale)
+        if torch.isfinite(gradients.gramian).all():
+            weights = self.balancer.weights(gradients.gramian, losses, self.global_step)
+        else:  # overflow under 16-mixed: the scaler will skip this step and lower the scale
+            weights = torch.ones(len(losses.tasks))
+        write_combined_gradients(gradients, weights, structure, scale)
+        self._representation = []
+        self._balance_log = {f"weight/{t}": w.detach().float().cpu()
+                             for t, w in zip(losses.tasks, weights)}
+        if self.balancer.wants_statistics(self.global_step):
+            self._record_statistics(gradients)
+
+    def _loss_scale(self) -> float:
+        """The 16-mixed loss scale Lightning's precision plugin applies (1 otherwise)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def _shared_structure(self) -> SharedStructure:
+        """Which parameters are the trunk, which are shared above the representation, and
+        which belong to one task (see :mod:`mtl_lightning.balancing.task_gradients`)."""
+        return SharedStructure(
+            representation=self._representation,
+            trunk=list(self.backbone.parameters()),
+            shared=list(self.neck.parameters()),
+            task_parameters={name: list(task.parameters()) for name, task in self.tasks.items()},
+        )
+
+    def _record_statistics(self, gradients: TaskGradients) -> None:
+        """Per-task gradient norms and pairwise cosines, logged at the next batch end."""
+        norms, cosine = gradients.statistics()
+        tasks = gradients.tasks
+        self.gradient_conflict = (tasks, cosine.float().cpu())
+        for i, task in enumerate(tasks):
+            self._balance_log[f"grad_norm/{task}"] = norms[i].float().cpu()
+            for j in range(i + 1, len(tasks)):
+                self._balance_log[f"cosine/{task}__{tasks[j]}"] = cosine[i, j].float().cpu()
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        for key, value in self._balance_log.items():
+            self.log(f"train/mtl/{key}", value, on_step=True, batch_size=len(batch["image"]))
+        self._balance_log = {}
+        after_step = getattr(self.balancer, "after_step", None)
+        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if after_step is not None and stepped and self.balancer.update == "same_batch":
+            with torch.no_grad():  # FAMO: the same batch's losses after the step
+                local, counts = self._task_losses(batch, "after_step")
+            after_step(TaskLosses.gather(local, counts))
+
+    def on_train_start(self) -> None:
+        """A gradient weighting averages the task gradients over processes itself (before
+        weighting them): DDP's own all-reduce of the combined gradient is switched off."""
+        model = self.trainer.strategy.model
+        if isinstance(self.balancer, GradientWeighting) and hasattr(
+            model, "require_backward_grad_sync"
+        ):
+            model.require_backward_grad_sync = False
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # Several validation loaders (one per data source) share the same metrics: each
@@ -175,6 +302,7 @@ class MultiTaskModule(LightningModule):
 
     # ---------------------------------------------------------------- metrics
     def on_train_epoch_end(self) -> None:
+        self.balancer.on_train_epoch_end()
         self._log_metrics("train")
 
     def on_validation_epoch_end(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_lightning.balancing import StaticWeighting
+from mtl_lightning.balancing import StaticWeighting, TaskLosses
 from mtl_lightning.module import MultiTaskModule
 
 INFO = {
@@ -27,8 +27,11 @@ def test_tasks_default_to_everything_the_data_labels() -> None:
 def test_static_weighting_combines_losses_with_the_configured_weights() -> None:
     balancer = StaticWeighting(weights={"detection": 2.0}, default_weight=0.5)
     losses = {"classification": torch.tensor(1.0), "detection": torch.tensor(3.0)}
-    total, weights = balancer(losses)
-    assert float(total) == pytest.approx(0.5 * 1.0 + 2.0 * 3.0)
+    counts = {"classification": torch.tensor(4), "detection": torch.tensor(2)}
+    combination = balancer.combine(TaskLosses.gather(losses, counts), step=0)
+    assert float(combination.loss) == pytest.approx(0.5 * 1.0 + 2.0 * 3.0)
+    assert float(combination.value) == pytest.approx(0.5 * 1.0 + 2.0 * 3.0)
+    weights = combination.weights
     assert float(weights["detection"]) == 2.0 and float(weights["classification"]) == 0.5
 
 

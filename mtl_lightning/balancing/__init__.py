@@ -1,6 +1,37 @@
-"""How task losses become one update. This package holds the seam; static weights for now."""
+"""How task losses become one update: loss weighting and gradient weighting.
 
-from mtl_lightning.balancing.base import Balancer
+Pick one in YAML as ``model.balancer`` (see ``configs/balancer/``). torchjd supplies the math
+of the aggregators and scalarizers; this package makes them exact inside Lightning (DDP,
+mixed precision, gradient accumulation and clipping, partial labels, checkpoints).
+"""
+
+from mtl_lightning.balancing.aggregators import (
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    DualProj,
+    FairGrad,
+    GradVac,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+)
+from mtl_lightning.balancing.base import Balancer, TaskLosses
+from mtl_lightning.balancing.dwa import DynamicWeightAverage
+from mtl_lightning.balancing.famo import FastAdaptiveMultitask
+from mtl_lightning.balancing.geometric import GeometricLossStrategy
+from mtl_lightning.balancing.gradient_weighting import GradientWeighting, TorchjdWeighting
+from mtl_lightning.balancing.gradnorm import GradNorm
+from mtl_lightning.balancing.loss_weighting import Combination, LossWeighting
+from mtl_lightning.balancing.random_weighting import RandomLossWeighting
 from mtl_lightning.balancing.static import StaticWeighting
+from mtl_lightning.balancing.uncertainty import UncertaintyWeighting
 
-__all__ = ["Balancer", "StaticWeighting"]
+__all__ = [
+    "IMTLG", "MGDA", "AlignedMTL", "Balancer", "CAGrad", "Combination", "DualProj",
+    "DynamicWeightAverage", "FairGrad", "FastAdaptiveMultitask", "GeometricLossStrategy",
+    "GradNorm", "GradVac", "GradientWeighting", "LossWeighting", "NashMTL", "PCGrad",
+    "RandomLossWeighting", "StaticWeighting", "TaskLosses", "TorchjdWeighting", "UPGrad",
+    "UncertaintyWeighting",
+]

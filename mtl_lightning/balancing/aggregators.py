@@ -1,0 +1,249 @@
+"""Gradient aggregation methods, each torchjd's Gramian weighting behind the balancer interface.
+
+Every class states its paper and formula; the math is torchjd's. ``source`` defaults follow
+each paper: MGDA's own MGDA-UB works at the representation, the others project or weight
+parameter gradients. Any of them takes ``source: representation`` (much cheaper) or
+``source: parameters`` (exact).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torchjd import aggregation as jd
+
+from mtl_lightning.balancing.gradient_weighting import GradientSource, TorchjdWeighting
+
+
+def _preference(vector: list[float] | None) -> torch.Tensor | None:
+    return None if vector is None else torch.tensor(vector, dtype=torch.float64)
+
+
+class MGDA(TorchjdWeighting):
+    """Multiple-gradient descent (Désidéri 2012; Sener & Koltun, NeurIPS 2018).
+
+    ``w = argmin_{w in simplex} ||sum_t w_t g_t||^2``: the minimum-norm point of the convex hull
+    of the task gradients, a common descent direction (Pareto-stationary when it is 0).
+    Solved by Frank-Wolfe on the Gramian (torchjd ``MGDAWeighting``). Default source:
+    representation, the paper's MGDA-UB upper bound.
+    """
+
+    default_source: GradientSource = "representation"
+
+    def __init__(self, epsilon: float = 1e-3, max_iters: int = 100,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.epsilon, self.max_iters = epsilon, max_iters
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.MGDAWeighting(epsilon=self.epsilon, max_iters=self.max_iters)
+
+
+class PCGrad(TorchjdWeighting):
+    """Projecting conflicting gradients (Yu et al., "Gradient Surgery for Multi-Task
+    Learning", NeurIPS 2020).
+
+    For each task ``i``, in random order over the others ``j``: if ``g_i . g_j < 0``, remove
+    the conflicting component, ``g_i <- g_i - (g_i . g_j / ||g_j||^2) g_j``; the update is the
+    sum of the projected gradients (torchjd ``PCGradWeighting``, which expresses it as weights
+    on the original gradients). Default source: parameters.
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.PCGradWeighting()
+
+
+class CAGrad(TorchjdWeighting):
+    """Conflict-averse gradient descent (Liu et al., NeurIPS 2021).
+
+    ``d = argmax_d min_t g_t . d`` subject to ``||d - g_0|| <= c ||g_0||``, with ``g_0`` the
+    average gradient: the worst task's improvement is maximised near the average direction
+    (torchjd ``CAGradWeighting``). Default source: parameters.
+
+    Args:
+        c: radius of the ball around the average gradient (the paper's NYUv2 setting: 0.4).
+        norm_eps: numerical floor of torchjd's Gramian normalisation.
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def __init__(self, c: float = 0.4, norm_eps: float = 1e-4,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.c, self.norm_eps = c, norm_eps
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.CAGradWeighting(c=self.c, norm_eps=self.norm_eps)
+
+
+class NashMTL(TorchjdWeighting):
+    """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022).
+
+    Weights ``w > 0`` solving ``G w = 1 / w`` (the Nash bargaining solution), found by the
+    paper's sequence of convex approximations (torchjd's ``NashMTL``, with cvxpy/ECOS), the
+    update's norm capped at ``max_norm``. torchjd defines it on ``J``; its result depends on
+    ``J`` only through ``J J^T``, so it is given a square root of the Gramian. Stateful (the
+    previous solution warm-starts the next): saved in checkpoints. Default source: parameters.
+
+    Args:
+        max_norm: cap on ``||sum_t w_t g_t||`` (0: no cap); the paper uses 1.
+        update_weights_every: solve every this many steps, reuse the weights in between.
+        optim_niter: iterations of the sequential convex solve (the paper: 20).
+    """
+
+    default_source: GradientSource = "parameters"
+    takes_matrix = True
+    state_attributes = ("prvs_alpha", "normalization_factor", "step", "init_gtg")
+
+    def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1,
+                 optim_niter: int = 20, source: GradientSource | None = None,
+                 statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+        self.optim_niter = optim_niter
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.NashMTL(n_tasks=num_tasks, max_norm=self.max_norm,
+                          update_weights_every=self.update_weights_every,
+                          optim_niter=self.optim_niter).weighting
+
+    def restored(self, weighting: jd.Weighting) -> None:
+        if weighting.step > 0:
+            weighting._init_optim_problem()  # the solver's problem is not part of the state
+
+
+class AlignedMTL(TorchjdWeighting):
+    """Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task
+    Learning", CVPR 2023).
+
+    Makes the task gradients' linear system well conditioned: the gradients are replaced by an
+    orthogonal set with the same principal directions, rescaled by the smallest singular value
+    (``scale_mode="min"``, the paper's choice), and combined with the preference weights
+    (torchjd ``AlignedMTLWeighting``). Default source: parameters.
+
+    Args:
+        pref_vector: preference weight per task (``None``: equal).
+        scale_mode: ``"min"``, ``"median"`` or ``"rmse"`` singular-value rescaling.
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def __init__(self, pref_vector: list[float] | None = None,
+                 scale_mode: Literal["min", "median", "rmse"] = "min",
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.pref_vector, self.scale_mode = pref_vector, scale_mode
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.AlignedMTLWeighting(pref_vector=_preference(self.pref_vector),
+                                      scale_mode=self.scale_mode)
+
+
+class IMTLG(TorchjdWeighting):
+    """IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021).
+
+    The update's projection on every task's unit gradient is the same: ``w`` solves
+    ``(g_t/||g_t|| - g_1/||g_1||) . sum_i w_i g_i = 0`` for all ``t`` with ``sum w = 1``
+    (torchjd ``IMTLGWeighting``). Default source: parameters.
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.IMTLGWeighting()
+
+
+class GradVac(TorchjdWeighting):
+    """Gradient Vaccine (Wang et al., ICLR 2021).
+
+    Like PCGrad, but every pair of task gradients is moved towards an exponential moving
+    average ``phi_ij`` of their cosine similarity, not only when they conflict
+    (torchjd ``GradVacWeighting``). The EMA is saved in checkpoints. Default source: parameters.
+
+    Args:
+        beta: EMA rate of the target similarities (torchjd's and LibMTL's default 0.5).
+        eps: numerical floor.
+    """
+
+    default_source: GradientSource = "parameters"
+    state_attributes = ("_phi_t", "_state_key")
+
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.beta, self.eps = beta, eps
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.GradVacWeighting(beta=self.beta, eps=self.eps)
+
+
+class UPGrad(TorchjdWeighting):
+    """Unconflicting projection of gradients (Quinton & Rey, "Jacobian Descent for
+    Multi-Objective Optimization", 2024).
+
+    Each task gradient is projected onto the dual cone of all of them (so it conflicts with
+    none), and the projections are averaged with the preference weights (torchjd
+    ``UPGradWeighting``). Default source: parameters.
+
+    Args:
+        pref_vector: preference weight per task (``None``: equal).
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def __init__(self, pref_vector: list[float] | None = None,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.pref_vector = pref_vector
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.UPGradWeighting(pref_vector=_preference(self.pref_vector))
+
+
+class DualProj(TorchjdWeighting):
+    """DualProj (Quinton & Rey 2024; the projection of Lopez-Paz & Ranzato's GEM, 2017).
+
+    The preference-weighted average of the task gradients, projected onto their dual cone so
+    that it conflicts with none of them (torchjd ``DualProjWeighting``). Default source:
+    parameters.
+
+    Args:
+        pref_vector: preference weight per task (``None``: equal).
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def __init__(self, pref_vector: list[float] | None = None,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.pref_vector = pref_vector
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.DualProjWeighting(pref_vector=_preference(self.pref_vector))
+
+
+class FairGrad(TorchjdWeighting):
+    """FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024).
+
+    Weights ``w`` solving ``G w = w^(-1/alpha)``: alpha-fair allocation of the improvement
+    among tasks (alpha=1 is proportional fairness, large alpha approaches max-min fairness)
+    (torchjd ``FairGradWeighting``, SciPy's least squares). Default source: parameters.
+
+    Args:
+        alpha: fairness parameter (the paper's NYUv2 setting: 2).
+        max_iters: solver iterations (``None``: SciPy's default).
+    """
+
+    default_source: GradientSource = "parameters"
+
+    def __init__(self, alpha: float = 2.0, max_iters: int | None = None,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.alpha, self.max_iters = alpha, max_iters
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.FairGradWeighting(alpha=self.alpha, max_iters=self.max_iters)
