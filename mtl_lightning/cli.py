@@ -8,8 +8,9 @@ MultiTaskModule. On top of Lightning's CLI it:
 - gives every run its own directory ``<trainer.default_root_dir>/<run_name or time>``
   holding ``config.yaml``, ``metrics.json``, checkpoints, logs and predictions, and prints it;
 - always adds a ``checkpoint`` (best by ``val/mtl/score`` and ``last``), a ``report`` (console
-  table + metrics.json), ``overlays`` (validation images drawn as PNG and W&B images) and a
-  ``prediction_writer``, each configurable under its own key;
+  table + metrics.json), ``overlays`` (validation images drawn as PNG and W&B images), a
+  ``gradient_conflict`` heatmap (PNG + W&B) and a ``prediction_writer``, each configurable
+  under its own key;
 - with ``test_after_fit: true``, tests the best checkpoint when ``fit`` ends;
 - turns the errors a user can fix (unknown backbone or task, bad option) into one line
   instead of a traceback.
@@ -29,7 +30,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from mtl_lightning.callbacks import MetricsReport, PredictionOverlays, PredictionWriter
+from mtl_lightning.callbacks import (
+    GradientConflictHeatmap,
+    MetricsReport,
+    PredictionOverlays,
+    PredictionWriter,
+)
 from mtl_lightning.module import MultiTaskModule
 
 RUN_DIR_ENV = "MTL_LIGHTNING_RUN_DIR"
@@ -70,6 +76,7 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(MetricsReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(PredictionOverlays, "overlays")
+        parser.add_lightning_class_args(GradientConflictHeatmap, "gradient_conflict")
 
     def _subcommand_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
