@@ -17,10 +17,11 @@ accumulation, precision plugins and schedulers work unchanged for every method:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -42,6 +43,10 @@ from mtl_lightning.models import Backbone, FeaturePyramid
 from mtl_lightning.tasks import build_task
 
 Batch = dict[str, Any]
+
+
+class NonFiniteLossError(ValueError):
+    """A NaN or infinite loss or gradient stopped the run (``nonfinite_policy="stop"``)."""
 STAGES = ("train", "val", "test")
 
 
@@ -69,6 +74,13 @@ class MultiTaskModule(LightningModule):
         min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
         train_metrics: also compute metrics on training batches (detection mAP excepted).
         channels_last: run the network in channels-last memory format.
+        nonfinite_policy: what a NaN or infinite task loss (or gradient) does: ``"skip"`` the
+            step (the weights are left untouched; counted and logged as
+            ``train/mtl/skipped_steps``) or ``"stop"`` the run with a one-line error (the
+            checkpoints already written are kept). Under 16-mixed, infinite gradients are the
+            loss scaler's business and are not counted.
+        max_consecutive_skips: with ``"skip"``, stop anyway after this many skipped steps in
+            a row (a diverged run should not spin).
     """
 
     def __init__(
@@ -88,6 +100,8 @@ class MultiTaskModule(LightningModule):
         min_lr_ratio: float = 0.01,
         train_metrics: bool = True,
         channels_last: bool = False,
+        nonfinite_policy: Literal["skip", "stop"] = "skip",
+        max_consecutive_skips: int = 20,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["balancer"])
@@ -131,6 +145,12 @@ class MultiTaskModule(LightningModule):
         self._pending: TaskLosses | None = None  # task losses awaiting a gradient weighting
         self._balance_log: dict[str, torch.Tensor] = {}
         self.gradient_conflict: tuple[tuple[str, ...], torch.Tensor] | None = None
+        if nonfinite_policy not in ("skip", "stop"):
+            raise ValueError(
+                f"model.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}."
+            )
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
 
     # ---------------------------------------------------------------- forward
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
@@ -187,10 +207,18 @@ class MultiTaskModule(LightningModule):
             return torch.zeros(len(batch["image"]), dtype=torch.bool, device=self.device)
         return has
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         local, counts = self._task_losses(batch, "train")
         losses = TaskLosses.gather(local, counts)  # global values; one all-reduce under DDP
         size = len(batch["image"])
+        bad = [t for t, v in losses.values.items() if not bool(torch.isfinite(v))]
+        if bad:  # the same on every process: the values are global
+            name = bad[0]
+            return self._skip_step(
+                f"non-finite {name} loss ({float(losses.values[name])}) at step "
+                f"{self.global_step}"
+            )
+        self._consecutive_skips = 0
         for name, value in losses.values.items():
             self.log(f"train/{name}/loss", value, on_step=True, batch_size=size)
         step = self.global_step
@@ -210,6 +238,38 @@ class MultiTaskModule(LightningModule):
         self.log("train/mtl/loss", combination.value, on_step=True, prog_bar=True,
                  batch_size=size)
         return combination.loss
+
+    def _skip_step(self, reason: str) -> None:
+        """Apply ``nonfinite_policy`` to a step that must not reach the weights."""
+        hint = ("lower model.lr, keep trainer.gradient_clip_val, or try precision 32-true; "
+                "resume from the last checkpoint with --ckpt_path")
+        if self.hparams.nonfinite_policy == "stop":
+            raise NonFiniteLossError(f"Stopped: {reason}; {hint}.")
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        self._pending = None
+        self.log("train/mtl/skipped_steps", float(self.skipped_steps), on_step=True)
+        if self._consecutive_skips > self.hparams.max_consecutive_skips:
+            raise NonFiniteLossError(
+                f"Stopped after {self._consecutive_skips} skipped steps in a row: {reason}; {hint}."
+            )
+        rank_zero_warn(f"Skipped the step: {reason} (model.nonfinite_policy=skip).")
+        return None
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Gradients that are not finite (with a finite loss) never reach the weights: the
+        step is skipped by clearing them (the optimizer then leaves every weight alone)."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # 16-mixed: the loss scaler skips such steps and lowers its scale
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+        if bool(torch.isfinite(norms).all()):
+            return
+        self._skip_step(f"non-finite gradient at step {self.global_step}")
+        for param in self.parameters():
+            param.grad = None
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Lightning's backward hook. ``loss`` arrives divided by the accumulation factor and
@@ -264,7 +324,8 @@ class MultiTaskModule(LightningModule):
         self._balance_log = {}
         after_step = getattr(self.balancer, "after_step", None)
         stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        if after_step is not None and stepped and self.balancer.update == "same_batch":
+        if (after_step is not None and stepped and outputs is not None
+                and self.balancer.update == "same_batch"):
             with torch.no_grad():  # FAMO: the same batch's losses after the step
                 local, counts = self._task_losses(batch, "after_step")
             after_step(TaskLosses.gather(local, counts))
