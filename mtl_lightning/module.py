@@ -45,6 +45,29 @@ from mtl_lightning.tasks import build_task
 Batch = dict[str, Any]
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was trained for another task set, backbone or class list."""
+
+
+def checkpoint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between the hyperparameters a checkpoint was saved with and this model's."""
+    problems = []
+    saved_tasks = sorted(saved.get("tasks") or saved.get("task_info") or {})
+    tasks = sorted(current.get("tasks") or current.get("task_info") or {})
+    if saved_tasks and tasks and saved_tasks != tasks:
+        problems.append(f"it has tasks {saved_tasks}, this model {tasks}")
+    for key in ("backbone", "backbone_kwargs", "neck_channels"):
+        if key in saved and saved.get(key) != current.get(key):
+            problems.append(f"its {key} is {saved.get(key)!r}, this model's {current.get(key)!r}")
+    saved_info, info = saved.get("task_info") or {}, current.get("task_info") or {}
+    for task in sorted(set(saved_info) & set(info)):
+        before = saved_info[task].get("class_names")
+        now = info[task].get("class_names")
+        if before is not None and now is not None and list(before) != list(now):
+            problems.append(f"its {task} classes are {list(before)}, this data's {list(now)}")
+    return problems
+
+
 class NonFiniteLossError(ValueError):
     """A NaN or infinite loss or gradient stopped the run (``nonfinite_policy="stop"``)."""
 STAGES = ("train", "val", "test")
@@ -360,6 +383,20 @@ class MultiTaskModule(LightningModule):
             }
             results.append({"meta": meta, "predictions": resized})
         return results
+
+    # ------------------------------------------------------------- checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint made for other tasks, another backbone or other class lists is refused
+        with one sentence naming the difference, before a long state-dict key error."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        if not saved:
+            return
+        problems = checkpoint_mismatch(saved, dict(self.hparams))
+        if problems:
+            raise CheckpointMismatchError(
+                "The checkpoint does not fit this model: " + "; ".join(problems)
+                + ". Use the config the checkpoint was trained with (its run's config.yaml)."
+            )
 
     # ---------------------------------------------------------------- metrics
     def on_train_epoch_end(self) -> None:
