@@ -39,7 +39,8 @@ from mtl_lightning.balancing.task_gradients import (
     compute_task_gradients,
     write_combined_gradients,
 )
-from mtl_lightning.models import Backbone, FeaturePyramid
+from mtl_lightning.models import Backbone
+from mtl_lightning.models.architectures import build_architecture
 from mtl_lightning.tasks import build_task
 
 Batch = dict[str, Any]
@@ -74,7 +75,7 @@ STAGES = ("train", "val", "test")
 
 
 class MultiTaskModule(LightningModule):
-    """Hard parameter sharing: backbone -> FPN neck -> {task: head}.
+    """An architecture (hard sharing by default: backbone -> FPN neck) -> {task: head}.
 
     Args:
         tasks: task name -> that task's options (``null`` for defaults), e.g.
@@ -89,6 +90,10 @@ class MultiTaskModule(LightningModule):
         backbone_kwargs: further timm model arguments, e.g. ``{"channels": [32, 64, 128, 256],
             "stem_width": 32}`` for a half-width ResNet.
         neck_channels: width of the feature pyramid.
+        architecture: how the tasks share parameters: ``hard`` (one backbone and neck),
+            ``cross_stitch``, ``mtan`` or ``ensemble``
+            (see :mod:`mtl_lightning.models.architectures`).
+        architecture_options: options of the architecture, e.g. ``{"self_weight": 0.9}``.
         balancer: how task losses become one update (default: equal static weights); any
             class of :mod:`mtl_lightning.balancing`, e.g. ``configs/balancer/mgda.yaml``.
         lr: peak learning rate of AdamW.
@@ -116,6 +121,8 @@ class MultiTaskModule(LightningModule):
         drop_path_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
         neck_channels: int = 96,
+        architecture: str = "hard",
+        architecture_options: dict[str, Any] | None = None,
         balancer: Balancer | None = None,
         lr: float = 2e-3,
         weight_decay: float = 0.05,
@@ -133,16 +140,23 @@ class MultiTaskModule(LightningModule):
             tasks = dict.fromkeys(task_info)
         if not tasks:
             raise ValueError("model.tasks is empty and the data labels no task; name the tasks.")
-        self.backbone = Backbone(
-            backbone, pretrained=pretrained, pretrained_file=pretrained_file,
-            drop_path_rate=drop_path_rate, model_kwargs=backbone_kwargs,
-        )
-        self.neck = FeaturePyramid(self.backbone.channels, self.backbone.reductions, neck_channels)
+
+        def make_backbone() -> Backbone:
+            return Backbone(
+                backbone, pretrained=pretrained, pretrained_file=pretrained_file,
+                drop_path_rate=drop_path_rate, model_kwargs=backbone_kwargs,
+            )
+
+        self.architecture = build_architecture(
+            architecture, list(tasks), make_backbone, neck_channels, architecture_options)
         self.tasks = nn.ModuleDict()
         for name, options in tasks.items():
             task = build_task(name, options, task_info.get(name))
-            task.build_head(neck_channels, self.backbone.channels, self.backbone.reductions)
+            task.build_head(neck_channels, self.architecture.channels, self.architecture.strides)
             self.tasks[name] = task
+        for task_name, path in getattr(self.architecture, "members", {}).items():
+            # An ensemble member trained on its own: its backbone, neck and head.
+            self.load_state_dict(self.architecture.member_state(task_name, path), strict=False)
         self.balancer = balancer if balancer is not None else StaticWeighting()
         if not isinstance(self.balancer, (LossWeighting, GradientWeighting)):
             raise ValueError(
@@ -150,6 +164,12 @@ class MultiTaskModule(LightningModule):
                 f"mtl_lightning.balancing, got {type(self.balancer).__name__}."
             )
         self.balancer.bind(list(self.tasks))
+        if (isinstance(self.balancer, GradientWeighting) and self.balancer.source ==
+                "representation" and not self.architecture.shares_representation):
+            raise ValueError(
+                f"The {architecture} architecture shares no representation; give the balancer "
+                f"source: parameters (e.g. --model.balancer.init_args.source parameters)."
+            )
         static = self.balancer.weights if isinstance(self.balancer, StaticWeighting) else {}
         unknown = set(static) - set(self.tasks)
         if unknown:
@@ -164,7 +184,6 @@ class MultiTaskModule(LightningModule):
         })
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        self._representation: list[torch.Tensor] = []  # this training step's backbone maps
         self._pending: TaskLosses | None = None  # task losses awaiting a gradient weighting
         self._balance_log: dict[str, torch.Tensor] = {}
         self.gradient_conflict: tuple[tuple[str, ...], torch.Tensor] | None = None
@@ -180,12 +199,9 @@ class MultiTaskModule(LightningModule):
         """Raw outputs of every task head for a batch of normalised images."""
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        maps = self.backbone(image)
-        if self.training and torch.is_grad_enabled():
-            self._representation = maps  # what every head depends on: the balancer's view
-        features = self.neck(maps)
+        features = self.architecture(image)
         size = (image.shape[-2], image.shape[-1])
-        return {name: task(features, size) for name, task in self.tasks.items()}
+        return {name: task(features[name], size) for name, task in self.tasks.items()}
 
     def predict_tasks(self, image: torch.Tensor) -> list[dict[str, Any]]:
         """Post-processed predictions, one dict ``{task: prediction}`` per image."""
@@ -255,8 +271,10 @@ class MultiTaskModule(LightningModule):
         combination = self.balancer.combine(losses, step)
         self._balance_log = {f"weight/{t}": w for t, w in combination.weights.items()}
         if self.balancer.wants_statistics(step):
+            source = ("representation" if self.architecture.shares_representation
+                      else "parameters")
             gradients = compute_task_gradients(
-                losses, self._shared_structure(), "representation", self._loss_scale())
+                losses, self._shared_structure(), source, self._loss_scale())
             self._record_statistics(gradients)
         self.log("train/mtl/loss", combination.value, on_step=True, prog_bar=True,
                  batch_size=size)
@@ -310,7 +328,7 @@ class MultiTaskModule(LightningModule):
         else:  # overflow under 16-mixed: the scaler will skip this step and lower the scale
             weights = torch.ones(len(losses.tasks))
         write_combined_gradients(gradients, weights, structure, scale)
-        self._representation = []
+        self.architecture.representation = []
         self._balance_log = {f"weight/{t}": w.detach().float().cpu()
                              for t, w in zip(losses.tasks, weights)}
         if self.balancer.wants_statistics(self.global_step):
@@ -324,12 +342,24 @@ class MultiTaskModule(LightningModule):
     def _shared_structure(self) -> SharedStructure:
         """Which parameters are the trunk, which are shared above the representation, and
         which belong to one task (see :mod:`mtl_lightning.balancing.task_gradients`)."""
+        roles = self.architecture.roles()
         return SharedStructure(
-            representation=self._representation,
-            trunk=list(self.backbone.parameters()),
-            shared=list(self.neck.parameters()),
-            task_parameters={name: list(task.parameters()) for name, task in self.tasks.items()},
+            representation=self.architecture.representation,
+            trunk=roles.trunk,
+            shared=roles.shared,
+            task_parameters={name: list(task.parameters()) + roles.per_task.get(name, [])
+                             for name, task in self.tasks.items()},
         )
+
+    @property
+    def backbone(self) -> Backbone:
+        """The shared backbone (hard sharing and MTAN)."""
+        return self.architecture.backbone
+
+    @property
+    def neck(self) -> nn.Module:
+        """The shared neck (hard sharing and MTAN)."""
+        return self.architecture.neck
 
     def _record_statistics(self, gradients: TaskGradients) -> None:
         """Per-task gradient norms and pairwise cosines, logged at the next batch end."""

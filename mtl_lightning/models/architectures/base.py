@@ -1,0 +1,79 @@
+"""The Architecture interface: how the tasks share parameters.
+
+An architecture turns an image batch into the :class:`~mtl_lightning.models.neck.Features`
+each task head reads, one ``Features`` per task. Heads, losses, metrics, balancers and
+callbacks only see that dict, so every architecture works with all of them.
+
+For the balancers it also names the role of each parameter (see
+:mod:`mtl_lightning.balancing.task_gradients`): the *trunk* that produces the
+*representation*, *shared* parameters above it, and parameters that belong to one task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mtl_lightning.models.backbone import Backbone
+from mtl_lightning.models.neck import Features
+
+BackboneFactory = Callable[[], Backbone]
+
+
+@dataclass
+class ParameterRoles:
+    """Which parameters play which role for gradient balancing."""
+
+    trunk: list[nn.Parameter]
+    shared: list[nn.Parameter]
+    per_task: dict[str, list[nn.Parameter]]
+
+
+class Architecture(nn.Module, ABC):
+    """Image -> ``{task: Features}``.
+
+    Attributes:
+        shares_representation: whether every task reads one representation (the backbone maps
+            the neck consumes). Gradient balancing at the representation needs it; soft sharing
+            and ensembles take task gradients at the parameters instead.
+        representation: the tensors of the last training forward pass that the trunk
+            produced (what the balancer differentiates through).
+        channels, strides: of the backbone maps (every task's backbone is the same model).
+        pyramid_channels: width of the feature pyramid the heads read.
+    """
+
+    shares_representation: bool = True
+
+    def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
+                 neck_channels: int) -> None:
+        super().__init__()
+        self.task_names = list(tasks)
+        self.pyramid_channels = neck_channels
+        self.representation: list[torch.Tensor] = []
+
+    def expose(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The trunk's maps as the layers above it must read them, kept for the balancer.
+
+        In a training step the layers above the trunk read *aliases* (``m.view_as(m)``) of
+        the maps, while the trunk's deeper stages read the maps themselves. A task's gradient
+        at an alias is then its direct derivative through the layers above, and one backward
+        from all aliases into the trunk counts every path once (at the maps themselves, the
+        paths through deeper stages would be counted twice).
+        """
+        if not (self.training and torch.is_grad_enabled()):
+            return maps
+        aliases = [m.view_as(m) for m in maps]
+        self.representation = aliases
+        return aliases
+
+    @abstractmethod
+    def forward(self, image: torch.Tensor) -> dict[str, Features]:
+        """The features each task's head reads."""
+
+    @abstractmethod
+    def roles(self) -> ParameterRoles:
+        """Trunk, shared and task-specific parameters (see the module docstring)."""

@@ -1,0 +1,30 @@
+"""Hard parameter sharing: one backbone and one neck, read by every head (the default)."""
+
+from __future__ import annotations
+
+import torch
+
+from mtl_lightning.models.architectures.base import Architecture, BackboneFactory, ParameterRoles
+from mtl_lightning.models.neck import FeaturePyramid, Features
+
+
+class HardSharing(Architecture):
+    """backbone -> FPN neck -> every head (Caruana 1997's hard sharing).
+
+    The cheapest way to share: one trunk computed once for all tasks; the tasks compete for
+    its capacity. The representation is the set of backbone maps the neck consumes.
+    """
+
+    def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
+                 neck_channels: int) -> None:
+        super().__init__(tasks, make_backbone, neck_channels)
+        self.backbone = make_backbone()
+        self.channels, self.strides = self.backbone.channels, self.backbone.reductions
+        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels)
+
+    def forward(self, image: torch.Tensor) -> dict[str, Features]:
+        features = self.neck(self.expose(self.backbone(image)))
+        return dict.fromkeys(self.task_names, features)
+
+    def roles(self) -> ParameterRoles:
+        return ParameterRoles(list(self.backbone.parameters()), list(self.neck.parameters()), {})
