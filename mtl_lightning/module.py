@@ -147,13 +147,15 @@ class MultiTaskModule(LightningModule):
                 drop_path_rate=drop_path_rate, model_kwargs=backbone_kwargs,
             )
 
+        self.tasks = nn.ModuleDict({
+            name: build_task(name, options, task_info.get(name))
+            for name, options in tasks.items()
+        })
         self.architecture = build_architecture(
-            architecture, list(tasks), make_backbone, neck_channels, architecture_options)
-        self.tasks = nn.ModuleDict()
-        for name, options in tasks.items():
-            task = build_task(name, options, task_info.get(name))
+            architecture, list(tasks), make_backbone, neck_channels, architecture_options,
+            pyramid_levels={name: task.pyramid_levels for name, task in self.tasks.items()})
+        for task in self.tasks.values():
             task.build_head(neck_channels, self.architecture.channels, self.architecture.strides)
-            self.tasks[name] = task
         for task_name, path in getattr(self.architecture, "members", {}).items():
             # An ensemble member trained on its own: its backbone, neck and head.
             self.load_state_dict(self.architecture.member_state(task_name, path), strict=False)
@@ -274,7 +276,8 @@ class MultiTaskModule(LightningModule):
             source = ("representation" if self.architecture.shares_representation
                       else "parameters")
             gradients = compute_task_gradients(
-                losses, self._shared_structure(), source, self._loss_scale())
+                losses, self._shared_structure(), source, self._loss_scale(),
+                retain_graph=True)
             self._record_statistics(gradients)
         self.log("train/mtl/loss", combination.value, on_step=True, prog_bar=True,
                  batch_size=size)

@@ -48,7 +48,14 @@ from mtl_lightning.balancing.distributed import all_reduce_mean, world_size
 
 @dataclass
 class SharedStructure:
-    """Which tensors of the model play which role in this step (see the module docstring)."""
+    """Which tensors of the model play which role in this step (see the module docstring).
+
+    The ``representation`` tensors must be read only by the layers above the trunk, never by
+    the trunk itself: a backbone's maps feed its deeper stages too, so the model passes
+    aliases (``m.view_as(m)``) to the neck and lists those. At the maps themselves the task
+    gradients would include the paths through the deeper stages, and the trunk backward from
+    all maps would count those paths twice.
+    """
 
     representation: list[torch.Tensor]
     trunk: list[nn.Parameter]
@@ -61,7 +68,7 @@ class TaskGradients:
     """The task gradients of one step (rows of ``J``, global where they are used)."""
 
     tasks: tuple[str, ...]
-    gramian: torch.Tensor  # m x m, float64, the same on every process
+    gramian: torch.Tensor  # m x m, float64, on the CPU, the same on every process
     representation: list[list[torch.Tensor]]  # per task, per map (this process, unscaled)
     shared: torch.Tensor  # m x n_shared (global mean)
     trunk: torch.Tensor | None  # m x n_trunk (global mean), parameters source only
@@ -126,8 +133,11 @@ def _batched_trunk_vjp(
 
 def compute_task_gradients(
     losses: TaskLosses, structure: SharedStructure, source: str, scale: float,
+    retain_graph: bool = False,
 ) -> TaskGradients:
-    """Steps 1 and 2 of the module docstring. ``scale``: loss scale x 1/accumulation."""
+    """Steps 1 and 2 of the module docstring. ``scale``: loss scale x 1/accumulation.
+    ``retain_graph``: keep the graph for a later backward (statistics on a loss-weighting
+    step); the representation source always keeps it for the trunk backward."""
     tasks = losses.tasks
     rep = structure.representation
     shared = _trainable(structure.shared)
@@ -145,7 +155,7 @@ def compute_task_gradients(
         trunk = _trainable(structure.trunk)
         cotangents = [torch.stack([r[j] for r in reps]).to(rep[j].dtype) * scale
                       for j in range(len(rep))]
-        trunk_grads = _batched_trunk_vjp(rep, trunk, cotangents, retain_graph=False)
+        trunk_grads = _batched_trunk_vjp(rep, trunk, cotangents, retain_graph=retain_graph)
         trunk_matrix = torch.cat([g.reshape(len(tasks), -1).float() for g in trunk_grads], 1)
         trunk_matrix = trunk_matrix / scale
         parts = [trunk_matrix] + ([shared_matrix] if shared_matrix is not None else [])
@@ -168,7 +178,10 @@ def compute_task_gradients(
             gramian = gramian + shared_matrix @ shared_matrix.T
     if shared_matrix is None:
         shared_matrix = torch.zeros(len(tasks), 0, device=rep[0].device)
-    return TaskGradients(tasks, gramian.double(), reps, shared_matrix, trunk_matrix, heads)
+    # The m x m Gramian goes to the CPU once: the weightings (Frank-Wolfe, QPs, cvxpy) take
+    # many tiny steps with host syncs, far slower as GPU kernels than on the CPU.
+    return TaskGradients(tasks, gramian.double().cpu(), reps, shared_matrix, trunk_matrix,
+                         heads)
 
 
 def write_combined_gradients(

@@ -1,6 +1,7 @@
-"""Model parts: the timm backbone wrapper and the feature-pyramid neck."""
+"""Model parts: the timm backbone wrapper, the feature-pyramid neck, and the architectures
+that decide how tasks share them (``models/architectures/``)."""
 
-from mtl_lightning.models.backbone import Backbone
+from mtl_lightning.models.backbone import Backbone, BackboneError
 from mtl_lightning.models.neck import FeaturePyramid, Features
 
-__all__ = ["Backbone", "FeaturePyramid", "Features"]
+__all__ = ["Backbone", "BackboneError", "FeaturePyramid", "Features"]

@@ -36,14 +36,22 @@ class FeaturePyramid(nn.Module):
         in_channels: channels of each backbone map, as reported by timm's ``feature_info``.
         strides: the stride of each backbone map.
         channels: width of every pyramid level.
+        levels: the levels whose output anyone reads (``None``: all). The 3x3 output conv of
+            every other level is dropped (that level then carries its un-smoothed top-down
+            sum, which no head reads): a neck built for one task has no unused parameters.
     """
 
-    def __init__(self, in_channels: list[int], strides: list[int], channels: int = 96) -> None:
+    def __init__(self, in_channels: list[int], strides: list[int], channels: int = 96,
+                 levels: list[int] | None = None) -> None:
         super().__init__()
         self.in_channels = list(in_channels)
         self.strides = list(strides)
         self.channels = channels
         self.fpn = FeaturePyramidNetwork(self.in_channels, channels)
+        if levels is not None:
+            for i in range(len(self.in_channels)):
+                if i not in levels:
+                    self.fpn.layer_blocks[i] = nn.Identity()
 
     def forward(self, maps: list[torch.Tensor]) -> Features:
         named = OrderedDict((str(i), m) for i, m in enumerate(maps))

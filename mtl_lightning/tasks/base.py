@@ -53,6 +53,17 @@ class Task(nn.Module, ABC):
                 f"{len(self.class_names)} class names."
             )
 
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        """The pyramid levels the head reads (``None``: all; ``()``: none, backbone maps
+        only). A neck built for this task alone computes only these levels' outputs, so no
+        parameter goes unused (DDP requires that)."""
+        return None
+
+    @property
+    def reads_pyramid(self) -> bool:
+        return self.pyramid_levels != ()
+
     @abstractmethod
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]

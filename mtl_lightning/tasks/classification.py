@@ -68,6 +68,10 @@ class ClassificationTask(Task):
             )
         self.features = features
 
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return None if self.features == "pyramid" else ()
+
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
     ) -> None:

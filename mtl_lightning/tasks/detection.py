@@ -114,6 +114,10 @@ class DetectionTask(Task):
         self.stride = 4  # set from the neck by build_head
 
     # ------------------------------------------------------------------ head
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return (0,)  # the stride-4 level only
+
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
     ) -> None:

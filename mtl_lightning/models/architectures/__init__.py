@@ -27,13 +27,16 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
 
 
 def build_architecture(name: str, tasks: list[str], make_backbone: BackboneFactory,
-                       neck_channels: int, options: dict[str, Any] | None = None) -> Architecture:
+                       neck_channels: int, options: dict[str, Any] | None = None,
+                       pyramid_levels: dict[str, tuple[int, ...] | None] | None = None,
+                       ) -> Architecture:
     """The architecture ``name`` for ``tasks``; unknown names and options get one sentence."""
     if name not in ARCHITECTURES:
         raise ValueError(f"Unknown model.architecture '{name}'; choose one of "
                          f"{', '.join(ARCHITECTURES)}.")
     try:
-        return ARCHITECTURES[name](tasks, make_backbone, neck_channels, **(options or {}))
+        return ARCHITECTURES[name](tasks, make_backbone, neck_channels,
+                                   pyramid_levels=pyramid_levels, **(options or {}))
     except TypeError as error:
         raise ValueError(f"model.architecture_options {options} do not fit '{name}': "
                          f"{error}") from error

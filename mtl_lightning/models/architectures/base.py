@@ -49,9 +49,14 @@ class Architecture(nn.Module, ABC):
     shares_representation: bool = True
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
-                 neck_channels: int) -> None:
+                 neck_channels: int,
+                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None) -> None:
         super().__init__()
         self.task_names = list(tasks)
+        levels = pyramid_levels if pyramid_levels is not None else dict.fromkeys(tasks)
+        #: task -> pyramid levels its head reads (None: all); tasks absent read no pyramid
+        self.pyramid_levels = {t: levels.get(t) for t in tasks if levels.get(t) != ()}
+        self.pyramid_tasks = list(self.pyramid_levels)
         self.pyramid_channels = neck_channels
         self.representation: list[torch.Tensor] = []
 
@@ -69,6 +74,20 @@ class Architecture(nn.Module, ABC):
         aliases = [m.view_as(m) for m in maps]
         self.representation = aliases
         return aliases
+
+    def levels_of(self, tasks: list[str]) -> list[int] | None:
+        """The pyramid levels a neck shared by ``tasks`` must produce (None: all)."""
+        wanted: set[int] = set()
+        for task in tasks:
+            levels = self.pyramid_levels.get(task, ())
+            if levels is None:
+                return None
+            wanted |= set(levels)
+        return sorted(wanted)
+
+    def without_pyramid(self, maps: list[torch.Tensor]) -> Features:
+        """Features of a task that reads backbone maps only."""
+        return Features(backbone=list(maps), pyramid=[], strides=list(self.strides))
 
     @abstractmethod
     def forward(self, image: torch.Tensor) -> dict[str, Features]:

@@ -50,8 +50,9 @@ class CrossStitch(Architecture):
     shares_representation = False
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory, neck_channels: int,
+                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None,
                  self_weight: float = 0.9, other_weight: float | None = None) -> None:
-        super().__init__(tasks, make_backbone, neck_channels)
+        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
         self.backbones = nn.ModuleDict({task: make_backbone() for task in tasks})
         first = self.backbones[tasks[0]]
         if not isinstance(first.body, FeatureListNet):
@@ -67,7 +68,9 @@ class CrossStitch(Architecture):
             CrossStitchUnit(len(tasks), c, self_weight, other_weight) for c in self.channels
         )
         self.necks = nn.ModuleDict({
-            task: FeaturePyramid(self.channels, self.strides, neck_channels) for task in tasks
+            task: FeaturePyramid(self.channels, self.strides, neck_channels,
+                                 levels=self.levels_of([task]))
+            for task in self.pyramid_tasks
         })
 
     def forward(self, image: torch.Tensor) -> dict[str, Features]:
@@ -84,8 +87,13 @@ class CrossStitch(Architecture):
                     collected.append(x)
         exposed = self.expose([m for stream in maps for m in stream])
         count = len(self.channels)
-        return {task: self.necks[task](exposed[i * count:(i + 1) * count])
+        return {task: self._features(task, exposed[i * count:(i + 1) * count])
                 for i, task in enumerate(self.task_names)}
+
+    def _features(self, task: str, maps: list[torch.Tensor]) -> Features:
+        if task in self.necks:
+            return self.necks[task](maps)
+        return self.without_pyramid(maps)
 
     def roles(self) -> ParameterRoles:
         trunk = list(self.backbones.parameters()) + list(self.stitches.parameters())

@@ -27,13 +27,16 @@ class Ensemble(Architecture):
     shares_representation = False
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory, neck_channels: int,
+                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None,
                  members: dict[str, str] | None = None) -> None:
-        super().__init__(tasks, make_backbone, neck_channels)
+        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
         self.backbones = nn.ModuleDict({task: make_backbone() for task in tasks})
         first = self.backbones[tasks[0]]
         self.channels, self.strides = first.channels, first.reductions
         self.necks = nn.ModuleDict({
-            task: FeaturePyramid(self.channels, self.strides, neck_channels) for task in tasks
+            task: FeaturePyramid(self.channels, self.strides, neck_channels,
+                                 levels=self.levels_of([task]))
+            for task in self.pyramid_tasks
         })
         unknown = set(members or {}) - set(tasks)
         if unknown:
@@ -45,8 +48,13 @@ class Ensemble(Architecture):
         per_task = [self.backbones[task](image) for task in self.task_names]
         exposed = self.expose([m for maps in per_task for m in maps])
         count = len(self.channels)
-        return {task: self.necks[task](exposed[i * count:(i + 1) * count])
+        return {task: self._features(task, exposed[i * count:(i + 1) * count])
                 for i, task in enumerate(self.task_names)}
+
+    def _features(self, task: str, maps: list[torch.Tensor]) -> Features:
+        if task in self.necks:
+            return self.necks[task](maps)
+        return self.without_pyramid(maps)
 
     def roles(self) -> ParameterRoles:
         return ParameterRoles(

@@ -16,15 +16,19 @@ class HardSharing(Architecture):
     """
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
-                 neck_channels: int) -> None:
-        super().__init__(tasks, make_backbone, neck_channels)
+                 neck_channels: int,
+                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None) -> None:
+        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
         self.backbone = make_backbone()
         self.channels, self.strides = self.backbone.channels, self.backbone.reductions
-        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels)
+        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels,
+                                   levels=self.levels_of(self.pyramid_tasks))
 
     def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        features = self.neck(self.expose(self.backbone(image)))
-        return dict.fromkeys(self.task_names, features)
+        maps = self.expose(self.backbone(image))
+        if not self.pyramid_tasks:
+            return dict.fromkeys(self.task_names, self.without_pyramid(maps))
+        return dict.fromkeys(self.task_names, self.neck(maps))
 
     def roles(self) -> ParameterRoles:
         return ParameterRoles(list(self.backbone.parameters()), list(self.neck.parameters()), {})

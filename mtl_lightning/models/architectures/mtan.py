@@ -45,11 +45,13 @@ class MultiTaskAttention(Architecture):
     """
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
-                 neck_channels: int) -> None:
-        super().__init__(tasks, make_backbone, neck_channels)
+                 neck_channels: int,
+                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None) -> None:
+        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
         self.backbone = make_backbone()
         self.channels, self.strides = self.backbone.channels, self.backbone.reductions
-        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels)
+        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels,
+                                   levels=self.levels_of(self.pyramid_tasks))
         self.attention = nn.ModuleDict({
             task: nn.ModuleList(
                 AttentionUnit(c, self.channels[j - 1] if j else 0)
@@ -66,7 +68,8 @@ class MultiTaskAttention(Architecture):
             for unit, shared in zip(self.attention[task], maps):
                 previous = unit(shared, previous)
                 attended.append(previous)
-            features[task] = self.neck(attended)
+            features[task] = (self.neck(attended) if task in self.pyramid_tasks
+                              else self.without_pyramid(attended))
         return features
 
     def roles(self) -> ParameterRoles:
