@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
@@ -30,8 +31,9 @@ class FastAdaptiveMultitask(LossWeighting):
       training batch, which are computed anyway. Free, but noisier: the change mixes the
       step's effect with the difference between batches.
 
-    A task absent from a batch keeps its last seen loss in FAMO's vector, so its logit does
-    not move from that step and the others' weights keep FAMO's normalisation.
+    A task absent from a batch keeps its last seen loss in FAMO's vector: its loss change for
+    that step is zero (its logit moves only through the softmax that ties all logits), and
+    the present tasks' weights keep FAMO's normalisation.
     The logits and the Adam state are saved in checkpoints (``get_extra_state``); they are not
     model parameters, so the main optimizer and DDP never see them.
 
@@ -101,7 +103,10 @@ class FastAdaptiveMultitask(LossWeighting):
         famo = self.famo
         return {
             "logits": famo._w.detach().clone(),
-            "optimizer": famo._optimizer.state_dict() if famo._optimizer is not None else None,
+            # Deep copies: Adam's state_dict and load_state_dict share the moment tensors, so
+            # two balancers (or a held snapshot) would otherwise step each other's state.
+            "optimizer": (copy.deepcopy(famo._optimizer.state_dict())
+                          if famo._optimizer is not None else None),
             "previous": famo._prev_losses,
             "last": self._last.clone(),
         }
@@ -116,4 +121,4 @@ class FastAdaptiveMultitask(LossWeighting):
         if state["optimizer"] is not None:
             famo._optimizer = torch.optim.Adam([famo._w], lr=famo.lr,
                                                weight_decay=famo.weight_decay)
-            famo._optimizer.load_state_dict(state["optimizer"])
+            famo._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
