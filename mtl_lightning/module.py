@@ -39,6 +39,7 @@ from mtl_lightning.balancing.task_gradients import (
     compute_task_gradients,
     write_combined_gradients,
 )
+from mtl_lightning.metrics import delta_m
 from mtl_lightning.models import Backbone
 from mtl_lightning.models.architectures import build_architecture
 from mtl_lightning.tasks import build_task
@@ -109,6 +110,10 @@ class MultiTaskModule(LightningModule):
             loss scaler's business and are not counted.
         max_consecutive_skips: with ``"skip"``, stop anyway after this many skipped steps in
             a row (a diverged run should not spin).
+        baselines: single-task baseline values ``{task: {metric: value}}`` (validation
+            values: model selection never looks at test). With them, ``val/mtl/delta_m`` and
+            ``test/mtl/delta_m`` are logged (percent; see :mod:`mtl_lightning.metrics`), and
+            ``--checkpoint.monitor val/mtl/delta_m`` selects on it.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class MultiTaskModule(LightningModule):
         channels_last: bool = False,
         nonfinite_policy: Literal["skip", "stop"] = "skip",
         max_consecutive_skips: int = 20,
+        baselines: dict[str, dict[str, float]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["balancer"])
@@ -172,6 +178,10 @@ class MultiTaskModule(LightningModule):
                 f"The {architecture} architecture shares no representation; give the balancer "
                 f"source: parameters (e.g. --model.balancer.init_args.source parameters)."
             )
+        unknown_baselines = set(baselines or {}) - set(self.tasks)
+        if unknown_baselines:
+            raise ValueError(f"model.baselines name tasks that are not trained: "
+                             f"{sorted(unknown_baselines)}; tasks are {sorted(self.tasks)}.")
         static = self.balancer.weights if isinstance(self.balancer, StaticWeighting) else {}
         unknown = set(static) - set(self.tasks)
         if unknown:
@@ -446,6 +456,7 @@ class MultiTaskModule(LightningModule):
         """Compute each task's metrics (torchmetrics syncs them across processes) and log
         ``{stage}/{task}/{metric}`` plus ``{stage}/mtl/score``, the mean headline metric."""
         headline = []
+        computed: dict[str, dict[str, float]] = {}
         for name, task in self.tasks.items():
             key = f"{stage}_{name}"
             if key not in self.metrics or not any(
@@ -456,10 +467,25 @@ class MultiTaskModule(LightningModule):
             self.metrics[key].reset()
             for metric, value in values.items():
                 self.log(f"{stage}/{name}/{metric}", value.float(), sync_dist=False)
+            computed[name] = {m: float(v) for m, v in values.items() if v.numel() == 1}
             if task.headline_metric in values:
                 headline.append(values[task.headline_metric].float())
         if headline and stage != "train":
             self.log(f"{stage}/mtl/score", torch.stack(headline).mean(), sync_dist=False)
+        if self.hparams.baselines and stage != "train":
+            self._log_delta_m(stage, computed)
+
+    def _log_delta_m(self, stage: str, computed: dict[str, dict[str, float]]) -> None:
+        """``{stage}/mtl/delta_m`` against ``model.baselines`` (Maninis et al. 2019), over the
+        baseline metrics this epoch computed; checkpoint selection may monitor it."""
+        results = {
+            task: {m: computed[task][m] for m in metrics if m in computed.get(task, {})}
+            for task, metrics in self.hparams.baselines.items()
+        }
+        results = {task: values for task, values in results.items() if values}
+        if results:
+            value = delta_m(results, self.hparams.baselines)
+            self.log(f"{stage}/mtl/delta_m", torch.tensor(value), sync_dist=False)
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
