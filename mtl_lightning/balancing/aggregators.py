@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torchjd import aggregation as jd
 
+from mtl_lightning.balancing.base import TaskLosses
 from mtl_lightning.balancing.gradient_weighting import GradientSource, TorchjdWeighting
 
 
@@ -110,6 +111,18 @@ class NashMTL(TorchjdWeighting):
         return jd.NashMTL(n_tasks=num_tasks, max_norm=self.max_norm,
                           update_weights_every=self.update_weights_every,
                           optim_niter=self.optim_niter).weighting
+
+    def weights(self, gramian: torch.Tensor, losses: TaskLosses, step: int) -> torch.Tensor:
+        if len(losses.tasks) == 1:
+            # A batch labelling one task only (partial labels): torchjd's cvxpy problem fails
+            # for one task. Its solution there is w = 1 (G w = 1/w on the normalised 1x1
+            # Gramian), capped as torchjd caps it: ||w g|| <= max_norm.
+            norm = gramian[0, 0].clamp(min=0).sqrt()
+            weight = torch.ones(1, dtype=gramian.dtype, device=gramian.device)
+            if self.max_norm > 0 and norm > self.max_norm:
+                weight = weight * self.max_norm / norm
+            return weight
+        return super().weights(gramian, losses, step)
 
     def restored(self, weighting: jd.Weighting) -> None:
         if weighting.step > 0:
