@@ -68,7 +68,7 @@ class TaskGradients:
     """The task gradients of one step (rows of ``J``, global where they are used)."""
 
     tasks: tuple[str, ...]
-    gramian: torch.Tensor  # m x m, float64, on the CPU, the same on every process
+    gramian: torch.Tensor  # m x m, float64, the same on every process
     representation: list[list[torch.Tensor]]  # per task, per map (this process, unscaled)
     shared: torch.Tensor  # m x n_shared (global mean)
     trunk: torch.Tensor | None  # m x n_trunk (global mean), parameters source only
@@ -100,7 +100,12 @@ def _unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tenso
 
 
 def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+    """``dloss/dinput`` for every input; zeros where it does not depend on it (or an input
+    needs no gradient, e.g. the maps of a frozen backbone)."""
+    wanted = [x for x in inputs if x.requires_grad]
+    found = iter(torch.autograd.grad(loss, wanted, retain_graph=True, allow_unused=True)
+                 if wanted and loss.requires_grad else [None] * len(wanted))
+    grads = [next(found) if x.requires_grad else None for x in inputs]
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
@@ -109,6 +114,9 @@ def _batched_trunk_vjp(
     cotangents: list[torch.Tensor], retain_graph: bool,
 ) -> list[torch.Tensor]:
     """``m`` vector-Jacobian products through the trunk at once (leading dim of cotangents)."""
+    if not trunk or not any(r.requires_grad for r in representation):
+        m = cotangents[0].shape[0]
+        return [torch.zeros(m, *p.shape, device=p.device) for p in trunk]
     try:
         grads = torch.autograd.grad(
             representation, trunk, grad_outputs=cotangents, is_grads_batched=True,
@@ -156,7 +164,10 @@ def compute_task_gradients(
         cotangents = [torch.stack([r[j] for r in reps]).to(rep[j].dtype) * scale
                       for j in range(len(rep))]
         trunk_grads = _batched_trunk_vjp(rep, trunk, cotangents, retain_graph=retain_graph)
-        trunk_matrix = torch.cat([g.reshape(len(tasks), -1).float() for g in trunk_grads], 1)
+        trunk_matrix = (
+            torch.cat([g.reshape(len(tasks), -1).float() for g in trunk_grads], 1)
+            if trunk_grads else torch.zeros(len(tasks), 0, device=rep[0].device)
+        )
         trunk_matrix = trunk_matrix / scale
         parts = [trunk_matrix] + ([shared_matrix] if shared_matrix is not None else [])
         parts = all_reduce_mean(parts)
@@ -178,10 +189,7 @@ def compute_task_gradients(
             gramian = gramian + shared_matrix @ shared_matrix.T
     if shared_matrix is None:
         shared_matrix = torch.zeros(len(tasks), 0, device=rep[0].device)
-    # The m x m Gramian goes to the CPU once: the weightings (Frank-Wolfe, QPs, cvxpy) take
-    # many tiny steps with host syncs, far slower as GPU kernels than on the CPU.
-    return TaskGradients(tasks, gramian.double().cpu(), reps, shared_matrix, trunk_matrix,
-                         heads)
+    return TaskGradients(tasks, gramian.double(), reps, shared_matrix, trunk_matrix, heads)
 
 
 def write_combined_gradients(
@@ -212,7 +220,11 @@ def write_combined_gradients(
                  for i in range(len(gradients.tasks))) * scale).to(rep[j].dtype)
             for j in range(len(rep))
         ]
-        grads = torch.autograd.grad(rep, trunk, grad_outputs=cotangents, allow_unused=True)
+        needed = [r.requires_grad for r in rep]
+        grads = torch.autograd.grad(
+            [r for r, n in zip(rep, needed) if n], trunk,
+            grad_outputs=[c for c, n in zip(cotangents, needed) if n], allow_unused=True,
+        ) if any(needed) else [None] * len(trunk)
         local += [torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() / scale
                   for p, g in zip(trunk, grads)]
         local_params += trunk
