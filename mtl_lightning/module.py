@@ -246,10 +246,11 @@ class MultiTaskModule(LightningModule):
         size = len(batch["image"])
         for name, loss in losses.items():
             if bool(counts[name] > 0):
-                self.log(f"{stage}/{name}/loss", loss.detach(), on_epoch=True, batch_size=size)
+                self.log(f"{stage}/{name}/loss", loss.detach(), on_epoch=True, batch_size=size,
+                         sync_dist=True)
         total = sum(losses.values())
         self.log(f"{stage}/mtl/loss", total.detach(), on_epoch=True, prog_bar=True,
-                 batch_size=size)
+                 batch_size=size, sync_dist=True)  # the mean over processes under DDP
         return total
 
     def _has(self, batch: Batch, name: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
@@ -20,8 +21,15 @@ METRICS_FILE = "metrics.json"
 
 
 def run_directory(trainer: Trainer) -> Path:
-    """Where this run writes its files (config.yaml, metrics.json, checkpoints, logs)."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """Where this run writes its files (config.yaml, metrics.json, checkpoints, logs).
+
+    The same folder as ``trainer.log_dir``, found without its broadcast: callers run on rank 0
+    only (``rank_zero_only``), and a collective call there hangs a DDP run.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return Path(logger.log_dir)
+    return Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
 
 
 def _is_metric_key(key: str) -> bool:

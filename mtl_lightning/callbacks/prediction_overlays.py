@@ -6,18 +6,22 @@ once, evenly spaced through the split) go through the model. For each one a PNG 
 the right (mask, boxes with class names and scores, image class), drawn by each task's own
 ``draw``. With a W&B logger the same images are logged under ``val/overlays`` as
 ``wandb.Image`` with interactive ground-truth and predicted masks and boxes (class names
-attached) and the image-level truth and prediction in the caption. Users without W&B lose
-nothing: the PNG files hold the same pictures.
+attached) and the image-level truth and prediction in the caption, and as the W&B Table
+``val/overlay_table``: one row per image with that picture and, per task, the truth, the
+prediction and the image's own scores (the task's metrics computed on that image alone, e.g.
+``detection map_50``, ``segmentation miou``). Users without W&B lose nothing: the PNG files
+hold the same pictures.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_only
 from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
@@ -56,16 +60,19 @@ class PredictionOverlays(Callback):
         every_n_epochs: draw at every n-th validation epoch.
         save_png: write the PNG files in the run directory.
         log_to_wandb: log ``wandb.Image`` objects when the trainer has a W&B logger.
+        log_table: with W&B, also log the ``val/overlay_table`` Table of per-image results
+            (one more forward pass of the shown images to score each one).
     """
 
     def __init__(
         self, num_images: int = 8, every_n_epochs: int = 1, save_png: bool = True,
-        log_to_wandb: bool = True,
+        log_to_wandb: bool = True, log_table: bool = True,
     ) -> None:
         self.num_images = num_images
         self.every_n_epochs = max(1, every_n_epochs)
         self.save_png = save_png
         self.log_to_wandb = log_to_wandb
+        self.log_table = log_table
         self._indices: list[int] | None = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -86,10 +93,16 @@ class PredictionOverlays(Callback):
             self._indices = [round(i * (len(dataset) - 1) / max(count - 1, 1))
                              for i in range(count)]
         batch = collate_multitask([dataset[i] for i in self._indices])
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        to_wandb = self.log_to_wandb and bool(loggers)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            predictions = pl_module.predict_tasks(batch["image"].to(pl_module.device))
+            images = batch["image"].to(pl_module.device)
+            predictions = pl_module.predict_tasks(images)
+            scores = None
+            if to_wandb and self.log_table:
+                scores = per_image_scores(pl_module, images, batch)
         pl_module.train(was_training)
         pictures = [self._picture(pl_module, batch, i, predictions[i])
                     for i in range(len(self._indices))]
@@ -98,9 +111,9 @@ class PredictionOverlays(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             for meta, picture in zip(batch["meta"], pictures):
                 write_png(picture, str(folder / f"{meta.get('image_id', 'image')}.png"))
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if self.log_to_wandb and loggers:
-            self._log_wandb(loggers[0], pl_module, batch, predictions, trainer.global_step)
+        if to_wandb:
+            self._log_wandb(loggers[0], pl_module, batch, predictions, scores,
+                            trainer.global_step)
 
     def _picture(
         self, pl_module: LightningModule, batch: dict, index: int, prediction: dict
@@ -122,20 +135,110 @@ class PredictionOverlays(Callback):
 
     def _log_wandb(
         self, logger: WandbLogger, pl_module: LightningModule, batch: dict,
-        predictions: list[dict], step: int,
+        predictions: list[dict], scores: list[dict] | None, step: int,
     ) -> None:
-        images, masks, boxes, captions = [], [], [], []
-        for i, prediction in enumerate(predictions):
-            images.append(to_uint8(batch["image"][i]).permute(1, 2, 0).numpy())
-            masks.append(_wandb_masks(pl_module, batch, i, prediction))
-            boxes.append(_wandb_boxes(pl_module, batch, i, prediction))
-            captions.append(_caption(pl_module, batch, i, prediction))
-        extra: dict[str, list] = {"caption": captions}
-        if any(masks):
-            extra["masks"] = masks
-        if any(boxes):
-            extra["boxes"] = boxes
-        logger.log_image("val/overlays", images, step=step, **extra)
+        overlays = [_wandb_image(pl_module, batch, i, p) for i, p in enumerate(predictions)]
+        logged: dict[str, Any] = {"val/overlays": overlays}
+        if scores is not None:
+            logged["val/overlay_table"] = _wandb_table(pl_module, batch, predictions, scores)
+        logger.log_metrics(logged, step=step)
+
+
+def per_image_scores(
+    pl_module: LightningModule, images: torch.Tensor, batch: dict
+) -> list[dict[str, dict[str, float]]]:
+    """Each image's own scores: ``[{task: {metric: value}}]``, every task's metrics computed
+    on that image alone (a fresh collection from ``task.build_metrics``, updated with a
+    ``has`` mask selecting the image). Tasks the image is not labelled for are left out."""
+    outputs = pl_module(images)
+    targets = move_data_to_device(batch["targets"], images.device)
+    scores: list[dict[str, dict[str, float]]] = [{} for _ in range(len(images))]
+    for name, task in pl_module.tasks.items():
+        has = batch["has"].get(name)
+        if has is None or name not in targets:
+            continue
+        for i in range(len(images)):
+            if not bool(has[i]):
+                continue
+            only = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+            only[i] = True
+            metrics = task.build_metrics("val").to(images.device)
+            for metric in metrics.values():
+                # Only rank 0 draws: a sync across processes in compute() would never return.
+                metric.distributed_available_fn = _never
+            with warnings.catch_warnings():  # one image: torchmetrics warns of absent classes
+                warnings.simplefilter("ignore")
+                task.update_metrics(metrics, outputs[name], targets[name], only)
+                values = task.compute_metrics(metrics)
+            scores[i][name] = {metric: float(value) for metric, value in values.items()}
+    return scores
+
+
+def _never() -> bool:
+    return False
+
+
+def _wandb_image(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> Any:
+    """One image as ``wandb.Image`` with its truth and prediction masks, boxes and caption."""
+    import wandb
+
+    extra: dict[str, Any] = {"caption": _caption(pl_module, batch, i, prediction)}
+    masks = _wandb_masks(pl_module, batch, i, prediction)
+    boxes = _wandb_boxes(pl_module, batch, i, prediction)
+    if masks:
+        extra["masks"] = masks
+    if boxes:
+        extra["boxes"] = boxes
+    return wandb.Image(to_uint8(batch["image"][i]).permute(1, 2, 0).numpy(), **extra)
+
+
+def _wandb_table(
+    pl_module: LightningModule, batch: dict, predictions: list[dict], scores: list[dict]
+) -> Any:
+    """``wandb.Table``: one row per image, columns ``image_id``, ``overlay`` and per task
+    ``<task> truth``, ``<task> prediction`` and ``<task> <metric>`` (empty when unlabelled)."""
+    import wandb
+
+    rows: list[dict[str, Any]] = []
+    for i, prediction in enumerate(predictions):
+        row: dict[str, Any] = {
+            "image_id": str(batch["meta"][i].get("image_id", i)),
+            "overlay": _wandb_image(pl_module, batch, i, prediction),
+        }
+        for name in draw_order(prediction):
+            task = pl_module.tasks[name]
+            truth = None
+            if bool(batch["has"].get(name, torch.zeros(i + 1))[i]):
+                target = ground_truth_as_prediction(name, batch["targets"][name][i])
+                truth = describe(task, target, scores=False)
+            row[f"{name} truth"] = truth
+            row[f"{name} prediction"] = describe(task, to_cpu(prediction[name]))
+            for metric, value in scores[i].get(name, {}).items():
+                row[f"{name} {metric}"] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+
+
+def describe(task: Any, value: Any, scores: bool = True) -> str:
+    """A short text of one truth or prediction, from the task's own ``prediction_to_json``:
+    ``circle 0.93`` (a class), ``3 boxes: circle 0.91, ...`` (the five best boxes),
+    ``background 81%, circle 12%`` (the classes of a mask, by area)."""
+    entries = task.prediction_to_json(value)
+    if isinstance(entries, dict):
+        entries = [entries]
+    boxes = getattr(task, "name", "") == "detection" or any("box_xyxy" in e for e in entries)
+    if entries and "pixels" in entries[0]:
+        total = sum(e["pixels"] for e in entries) or 1
+        ranked = sorted(entries, key=lambda e: -e["pixels"])
+        return ", ".join(f"{e['name']} {e['pixels'] / total:.0%}" for e in ranked)
+    ranked = sorted(entries, key=lambda e: -e.get("score", 1.0))
+    names = [f"{e['name']} {e['score']:.2f}" if scores and "score" in e else str(e["name"])
+             for e in ranked[:5]]
+    text = ", ".join(names) + (", ..." if len(ranked) > 5 else "")
+    if boxes:
+        return f"{len(entries)} boxes: {text}" if entries else "0 boxes"
+    return text or "(none)"
 
 
 def _enlarged(picture: torch.Tensor, scale: int) -> torch.Tensor:

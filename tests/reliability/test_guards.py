@@ -1,4 +1,5 @@
-"""A checkpoint for another task set, backbone or class list is refused with one sentence."""
+"""Guards: a checkpoint for another task set, backbone or class list is refused with one
+sentence; running out of accelerator memory says what to change."""
 
 from __future__ import annotations
 
@@ -38,5 +39,22 @@ def test_each_difference_is_named(changes: dict, words: str) -> None:
 def test_loading_a_mismatched_checkpoint_raises_one_sentence() -> None:
     model = MultiTaskModule(task_info=INFO, neck_channels=16)
     checkpoint = {"hyper_parameters": _hparams(backbone="resnet34"), "state_dict": {}}
-    with pytest.raises(CheckpointMismatchError, match="backbone is 'resnet34'.*config.yaml"):
+    with pytest.raises(CheckpointMismatchError, match=r"backbone is 'resnet34'.*config\.yaml"):
         model.on_load_checkpoint(checkpoint)
+
+
+def test_out_of_memory_is_one_line_with_what_to_change(monkeypatch, capsys) -> None:
+    import torch
+
+    import mtl_lightning.cli as cli
+
+    def explode(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "run_cli", explode)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", "configs/smoke.yaml"])
+    assert exit_info.value.code == 3
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert "batch_size" in message and "bf16-mixed" in message
