@@ -37,6 +37,7 @@ def test_notebook_runs_and_draws(
     path: Path, tmp_path: Path, scenes_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MTL_SCENES_ROOT", str(scenes_root))  # reuse the session's Scenes data
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' runs land in pytest's tmp
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=BUDGET, kernel_name="python3",

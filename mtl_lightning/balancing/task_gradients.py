@@ -109,31 +109,49 @@ def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
-def _batched_trunk_vjp(
+def _per_task_trunk_vjp(
     representation: list[torch.Tensor], trunk: list[nn.Parameter],
     cotangents: list[torch.Tensor], retain_graph: bool,
+) -> tuple[torch.Tensor | None, ...]:
+    """One trunk backward per task, stacked (the last frees the graph unless retained)."""
+    m = cotangents[0].shape[0]
+    per_task = [
+        torch.autograd.grad(representation, trunk, grad_outputs=[c[i] for c in cotangents],
+                            retain_graph=retain_graph or i < m - 1, allow_unused=True)
+        for i in range(m)
+    ]
+    return tuple(
+        None if per_task[0][j] is None else torch.stack([g[j] for g in per_task])
+        for j in range(len(trunk))
+    )
+
+
+def _batched_trunk_vjp(
+    representation: list[torch.Tensor], trunk: list[nn.Parameter],
+    cotangents: list[torch.Tensor], retain_graph: bool, batched: bool | None = None,
 ) -> list[torch.Tensor]:
-    """``m`` vector-Jacobian products through the trunk at once (leading dim of cotangents)."""
+    """``m`` vector-Jacobian products through the trunk (leading dim of cotangents): one
+    batched pass (``is_grads_batched``) on accelerators, one pass per task on the CPU
+    (``batched`` forces either)."""
     if not trunk or not any(r.requires_grad for r in representation):
         m = cotangents[0].shape[0]
         return [torch.zeros(m, *p.shape, device=p.device) for p in trunk]
-    try:
-        grads = torch.autograd.grad(
-            representation, trunk, grad_outputs=cotangents, is_grads_batched=True,
-            retain_graph=retain_graph, allow_unused=True,
-        )
-    except RuntimeError as error:  # an op without a batching rule: one pass per task
-        warnings.warn(f"Batched trunk backward unavailable ({error}); one pass per task.",
-                      stacklevel=2)
-        per_task = [
-            torch.autograd.grad(representation, trunk, grad_outputs=[c[i] for c in cotangents],
-                                retain_graph=True, allow_unused=True)
-            for i in range(cotangents[0].shape[0])
-        ]
-        grads = tuple(
-            None if per_task[0][j] is None else torch.stack([g[j] for g in per_task])
-            for j in range(len(trunk))
-        )
+    if batched is None:
+        batched = representation[0].device.type != "cpu"
+    if not batched:
+        # Measured on CPU: the batched pass costs as much as one pass per task (232 vs 216 ms
+        # for 3 tasks on the default model) and adds ~130 concatenations; on a GPU it wins.
+        grads = _per_task_trunk_vjp(representation, trunk, cotangents, retain_graph)
+    else:
+        try:
+            grads = tuple(torch.autograd.grad(
+                representation, trunk, grad_outputs=cotangents, is_grads_batched=True,
+                retain_graph=True, allow_unused=True,
+            ))
+        except RuntimeError as error:  # an op without a batching rule: one pass per task
+            warnings.warn(f"Batched trunk backward unavailable ({error}); one pass per task.",
+                          stacklevel=2)
+            grads = _per_task_trunk_vjp(representation, trunk, cotangents, retain_graph)
     m = cotangents[0].shape[0]
     return [torch.zeros(m, *p.shape, device=p.device) if g is None else g
             for p, g in zip(trunk, grads)]
