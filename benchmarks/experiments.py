@@ -8,7 +8,8 @@ configs/experiment/short.yaml [--config configs/experiment/<variant>.yaml]
 Each set ends with ``mtl-lightning compare`` of its MTL run(s) against the single-task runs
 of the same data, and everything is written to ``<root>/experiments.md`` and ``.json``:
 
-- ``base``: hard-sharing MTL vs the three single-task baselines (delta_m, params, time);
+- ``base``: hard-sharing MTL vs the three single-task baselines (delta_m, params, time),
+  and MTL with the auxiliary edge task (``aux_edges``) against the same baselines;
 - ``unrelated``: the image label made unrelated to the objects (the background texture):
   MTL vs single-task classification on that label (the dense baselines are shared with
   ``base``: their data is the same), with the gradient cosines logged by the balancer;
@@ -86,6 +87,12 @@ def main() -> None:
         report["base"] = result
         markdown += ["### MTL vs single-task (test)", "", table(result)[1]]
         report["base_cosines"] = mean_cosines(root / "mtl")
+        # Task decomposition: does the auxiliary edge task help the main tasks?
+        result = compare([fit(root, "mtl"), fit(root, "mtl_aux_edges", "aux_edges")],
+                         base_singles)
+        report["aux_edges"] = result
+        markdown += ["### With the auxiliary edge task (test; edges left out of delta_m)", "",
+                     table(result)[1]]
     if "unrelated" in sets:
         cls = fit(root, "single_classification_unrelated", "unrelated",
                   "single_classification")

@@ -120,7 +120,8 @@ def task_results(
         if metrics is not None:
             wanted = metric in metrics.get(task, ())
         else:
-            wanted = task in TASKS and metric == TASKS[task].headline_metric
+            wanted = (task in TASKS and metric == TASKS[task].headline_metric
+                      and not TASKS[task].auxiliary)
         if wanted:
             nested.setdefault(task, {})[metric] = float(value)
     return nested

@@ -178,6 +178,13 @@ class MultiTaskModule(LightningModule):
                 f"The {architecture} architecture shares no representation; give the balancer "
                 f"source: parameters (e.g. --model.balancer.init_args.source parameters)."
             )
+        for name, task in self.tasks.items():
+            if task.derived_from and task_info and task.derived_from not in task_info:
+                raise ValueError(
+                    f"Task '{name}' derives its targets from {task.derived_from} labels, which "
+                    f"the data does not provide (it labels {sorted(task_info)}); remove {name} "
+                    f"or use data with {task.derived_from} labels."
+                )
         unknown_baselines = set(baselines or {}) - set(self.tasks)
         if unknown_baselines:
             raise ValueError(f"model.baselines name tasks that are not trained: "
@@ -231,8 +238,7 @@ class MultiTaskModule(LightningModule):
         losses: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
-            has = self._has(batch, name)
-            target = batch["targets"].get(name)
+            has, target = self._labels(batch, name)
             losses[name] = task.loss(outputs[name], target, has)
             counts[name] = has.sum()
             key = f"{stage}_{name}"
@@ -252,6 +258,16 @@ class MultiTaskModule(LightningModule):
         self.log(f"{stage}/mtl/loss", total.detach(), on_epoch=True, prog_bar=True,
                  batch_size=size, sync_dist=True)  # the mean over processes under DDP
         return total
+
+    def _labels(self, batch: Batch, name: str) -> tuple[torch.Tensor, Any]:
+        """Which samples are labelled for task ``name``, and its targets; an auxiliary task
+        derives them from its source task's labels."""
+        source = self.tasks[name].derived_from
+        if source is None:
+            return self._has(batch, name), batch["targets"].get(name)
+        if source not in batch["targets"]:
+            return self._has(batch, source), None
+        return self._has(batch, source), self.tasks[name].derive_targets(batch["targets"][source])
 
     def _has(self, batch: Batch, name: str) -> torch.Tensor:
         has = batch.get("has", {}).get(name)
@@ -469,7 +485,7 @@ class MultiTaskModule(LightningModule):
             for metric, value in values.items():
                 self.log(f"{stage}/{name}/{metric}", value.float(), sync_dist=False)
             computed[name] = {m: float(v) for m, v in values.items() if v.numel() == 1}
-            if task.headline_metric in values:
+            if task.headline_metric in values and not task.auxiliary:
                 headline.append(values[task.headline_metric].float())
         if headline and stage != "train":
             self.log(f"{stage}/mtl/score", torch.stack(headline).mean(), sync_dist=False)

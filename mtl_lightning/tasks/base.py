@@ -36,6 +36,15 @@ class Task(nn.Module, ABC):
     headline_metric: ClassVar[str]
     #: Metric names where lower is better (none of the built-in headline ones).
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    #: An auxiliary task is trained like any other but left out of ``{stage}/mtl/score`` and
+    #: of delta_m by default.
+    auxiliary: ClassVar[bool] = False
+    #: The task whose labels this task's targets are derived from (``None``: its own labels).
+    derived_from: ClassVar[str | None] = None
+
+    def derive_targets(self, source: Any) -> Any:
+        """This task's targets from the batch targets of ``derived_from``."""
+        raise NotImplementedError(f"Task '{self.name}' has labels of its own.")
 
     def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
         super().__init__()

@@ -1,0 +1,135 @@
+"""Auxiliary task: the boundaries of the semantic mask (task decomposition).
+
+No new labels: the target is derived on the fly from the segmentation masks a dataset
+already has (a pixel is an edge when a 4-neighbour has another class), so adding
+``edges: null`` under ``model.tasks`` is the whole change, on any data with segmentation
+labels. Edges make the shared features attend to object outlines, the cue segmentation and
+detection both need; whether that helps them is measured in the README's experiment table.
+Auxiliary tasks are trained and weighted like any task, but left out of ``{stage}/mtl/score``
+and of delta_m by default: they are a means, not a goal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
+from torchvision.utils import draw_segmentation_masks
+
+from mtl_lightning.models.neck import Features
+from mtl_lightning.tasks.base import Task
+
+IGNORE_INDEX = 255
+
+
+def mask_edges(masks: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Edge targets ``[B, H, W]`` (uint8: 1 edge, 0 not, 255 ignore) from class masks.
+
+    A pixel is an edge when its right or lower neighbour has another class (both pixels of
+    the pair are marked), thickened to ``width`` pixels; pixels next to an ignored (255)
+    region are ignored rather than called edges.
+    """
+    masks = masks.long()
+    edge = torch.zeros_like(masks, dtype=torch.bool)
+    ignore = masks == IGNORE_INDEX
+    for dim in (1, 2):
+        a, b = masks.narrow(dim, 0, masks.shape[dim] - 1), masks.narrow(dim, 1,
+                                                                       masks.shape[dim] - 1)
+        differs = a != b
+        near_ignore = (a == IGNORE_INDEX) | (b == IGNORE_INDEX)
+        step = differs & ~near_ignore
+        edge.narrow(dim, 0, masks.shape[dim] - 1).logical_or_(step)
+        edge.narrow(dim, 1, masks.shape[dim] - 1).logical_or_(step)
+        ignore.narrow(dim, 0, masks.shape[dim] - 1).logical_or_(near_ignore)
+        ignore.narrow(dim, 1, masks.shape[dim] - 1).logical_or_(near_ignore)
+    if width > 1:
+        edge = F.max_pool2d(edge[:, None].float(), 2 * width - 1, stride=1,
+                            padding=width - 1)[:, 0].bool()
+    target = edge.to(torch.uint8)
+    target[ignore & ~edge] = IGNORE_INDEX
+    return target
+
+
+class EdgeTask(Task):
+    """Per-pixel edge / not-edge, from the segmentation labels.
+
+    Args:
+        num_classes: always 1 (one logit per pixel); present for the common interface.
+        class_names: ignored (``["edge"]``).
+        head_channels: width of the head's hidden layer.
+        width: edge thickness in pixels.
+        pos_weight: weight of the (rare) edge pixels in the binary cross-entropy.
+    """
+
+    name = "edges"
+    headline_metric = "f1"
+    auxiliary: ClassVar[bool] = True
+    derived_from: ClassVar[str | None] = "segmentation"
+
+    def __init__(self, num_classes: int = 1, class_names: list[str] | None = None,
+                 head_channels: int = 32, width: int = 1, pos_weight: float = 4.0) -> None:
+        super().__init__(1, ["edge"])
+        self.head_channels, self.width, self.pos_weight = head_channels, width, pos_weight
+
+    def derive_targets(self, source: torch.Tensor) -> torch.Tensor:
+        return mask_edges(source, self.width)
+
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return (0,)
+
+    def build_head(self, pyramid_channels: int, backbone_channels: list[int],
+                   strides: list[int]) -> None:
+        self.head = nn.Sequential(
+            nn.Conv2d(pyramid_channels, self.head_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(self.head_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(self.head_channels, 1, 1),
+        )
+
+    def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
+        logits = self.head(features.pyramid[0])
+        return F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)[:, 0]
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        if not bool(has.any()):
+            return self.unused_loss(outputs)
+        target = targets[has]
+        valid = target != IGNORE_INDEX
+        if not bool(valid.any()):
+            return self.unused_loss(outputs)
+        logits = outputs[has].float()[valid]
+        weight = torch.tensor(self.pos_weight, device=logits.device)
+        return F.binary_cross_entropy_with_logits(logits, target[valid].float(),
+                                                  pos_weight=weight)
+
+    def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
+        return list((outputs > 0).to(torch.uint8))
+
+    def build_metrics(self, stage: str) -> MetricCollection:
+        return MetricCollection({
+            "f1": BinaryF1Score(ignore_index=IGNORE_INDEX, validate_args=False),
+            "iou": BinaryJaccardIndex(ignore_index=IGNORE_INDEX, validate_args=False),
+        })
+
+    def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor,
+                       targets: torch.Tensor, has: torch.Tensor) -> None:
+        if bool(has.any()):
+            metrics.update((outputs[has].detach() > 0).long(), targets[has].long())
+
+    def resize_prediction(self, prediction: torch.Tensor, from_size: tuple[int, int],
+                          to_size: tuple[int, int]) -> torch.Tensor:
+        if tuple(from_size) == tuple(to_size):
+            return prediction
+        resized = F.interpolate(prediction[None, None].float(), size=to_size, mode="nearest")
+        return resized[0, 0].to(torch.uint8)
+
+    def prediction_to_json(self, prediction: torch.Tensor) -> Any:
+        return {"edge_pixels": int(prediction.sum())}
+
+    def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        return draw_segmentation_masks(image, prediction.bool().cpu()[None], alpha=0.8,
+                                       colors=[(255, 255, 255)])
