@@ -279,6 +279,10 @@ class MultiTaskModule(LightningModule):
         local, counts = self._task_losses(batch, "train")
         losses = TaskLosses.gather(local, counts)  # global values; one all-reduce under DDP
         size = len(batch["image"])
+        if not losses.tasks:
+            # Partial labels: no sample of the global batch is labelled for any task. Nothing
+            # to learn from; skipping is decided alike on every process (the counts are global).
+            return None
         bad = [t for t, v in losses.values.items() if not bool(torch.isfinite(v))]
         if bad:  # the same on every process: the values are global
             name = bad[0]

@@ -57,3 +57,12 @@ def test_classification_can_pool_the_pyramid_or_the_deepest_map() -> None:
     assert pyramid(torch.randn(2, 3, 64, 64))["classification"].shape == (2, 3)
     with pytest.raises(ValueError, match="deepest' or 'pyramid"):
         MultiTaskModule(task_info=INFO, tasks={"classification": {"features": "neck"}})
+
+
+def test_a_batch_labelled_for_no_task_is_skipped(tiny_scenes, tiny_batch) -> None:
+    """Partial labels can leave a whole batch unlabelled: no step, no error."""
+    model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16)
+    unlabelled = {**tiny_batch, "has": {t: torch.zeros_like(h) for t, h in
+                                        tiny_batch["has"].items()}}
+    model.log = lambda *args, **kwargs: None
+    assert model.training_step(unlabelled, 0) is None
