@@ -1,6 +1,6 @@
 """The experiment sets of the README, on Scenes, on a CPU: MTL against single-task baselines.
 
-    python benchmarks/experiments.py [--sets base,unrelated,labels,noise] [--root DIR]
+    python benchmarks/experiments.py [--sets base,unrelated,labels,noise] [--root DIR] [--full]
 
 Every run is ``mtl-lightning fit --config configs/default.yaml --config
 configs/experiment/short.yaml [--config configs/experiment/<variant>.yaml]
@@ -34,8 +34,10 @@ sys.path.insert(0, str(REPO))
 from mtl_lightning.compare import compare, table  # noqa: E402
 
 TASKS = ("classification", "segmentation", "detection")
-BASE = ["--config", "configs/default.yaml", "--config", "configs/experiment/short.yaml",
-        "--trainer.logger", "configs/logger/csv.yaml"]
+BASE = ["--config", "configs/default.yaml", "--trainer.logger", "configs/logger/csv.yaml"]
+SHORT = ["--config", "configs/experiment/short.yaml"]
+#: the schedule of every run: short (default of this script) or the default job's (--full)
+SCHEDULE: list[str] = list(SHORT)
 
 
 def fit(root: Path, name: str, *configs: str) -> Path:
@@ -43,7 +45,7 @@ def fit(root: Path, name: str, *configs: str) -> Path:
     run = root / name
     if (run / "run.json").is_file():
         return run
-    command = [sys.executable, "-m", "mtl_lightning.cli", "fit", *BASE]
+    command = [sys.executable, "-m", "mtl_lightning.cli", "fit", *BASE, *SCHEDULE]
     for config in configs:
         command += ["--config", f"configs/experiment/{config}.yaml"]
     command += ["--run_name", name, "--trainer.default_root_dir", str(root)]
@@ -75,7 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="base,unrelated,labels,noise")
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "experiments")
+    parser.add_argument("--full", action="store_true",
+                        help="the default job's schedule instead of short.yaml (~10 min a run)")
     args = parser.parse_args()
+    if args.full:
+        SCHEDULE.clear()
     sets = args.sets.split(",")
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
