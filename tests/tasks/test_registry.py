@@ -8,7 +8,7 @@ from mtl_lightning.tasks import TASKS, UnknownTaskError, build_task
 
 
 def test_unknown_task_lists_the_available_tasks() -> None:
-    with pytest.raises(UnknownTaskError, match="classification, detection, segmentation"):
+    with pytest.raises(UnknownTaskError, match="classification, detection, edges, segmentation"):
         build_task("depth_estimation", None, {"num_classes": 1})
 
 
@@ -26,5 +26,6 @@ def test_bad_task_option_names_the_task() -> None:
         build_task("classification", {"label_smoothin": 0.1}, {"num_classes": 2})
 
 
-def test_registry_holds_the_three_tasks() -> None:
-    assert set(TASKS) == {"classification", "segmentation", "detection"}
+def test_registry_holds_the_three_tasks_and_the_auxiliary_one() -> None:
+    assert set(TASKS) == {"classification", "segmentation", "detection", "edges"}
+    assert [name for name, task in TASKS.items() if task.auxiliary] == ["edges"]
