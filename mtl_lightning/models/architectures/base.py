@@ -85,6 +85,18 @@ class Architecture(nn.Module, ABC):
             wanted |= set(levels)
         return sorted(wanted)
 
+    def per_task_features(self, maps: list[list[torch.Tensor]],
+                          necks: nn.ModuleDict) -> dict[str, Features]:
+        """Each task's own maps (exposed for the balancer) through its own neck, if it has one
+        (soft sharing and ensembles: one stream per task)."""
+        exposed = self.expose([m for stream in maps for m in stream])
+        count = len(self.channels)
+        features = {}
+        for i, task in enumerate(self.task_names):
+            own = exposed[i * count:(i + 1) * count]
+            features[task] = necks[task](own) if task in necks else self.without_pyramid(own)
+        return features
+
     def without_pyramid(self, maps: list[torch.Tensor]) -> Features:
         """Features of a task that reads backbone maps only."""
         return Features(backbone=list(maps), pyramid=[], strides=list(self.strides))

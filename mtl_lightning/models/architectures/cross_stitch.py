@@ -85,15 +85,7 @@ class CrossStitch(Architecture):
                 stage += 1
                 for collected, x in zip(maps, streams):
                     collected.append(x)
-        exposed = self.expose([m for stream in maps for m in stream])
-        count = len(self.channels)
-        return {task: self._features(task, exposed[i * count:(i + 1) * count])
-                for i, task in enumerate(self.task_names)}
-
-    def _features(self, task: str, maps: list[torch.Tensor]) -> Features:
-        if task in self.necks:
-            return self.necks[task](maps)
-        return self.without_pyramid(maps)
+        return self.per_task_features(maps, self.necks)
 
     def roles(self) -> ParameterRoles:
         trunk = list(self.backbones.parameters()) + list(self.stitches.parameters())

@@ -46,15 +46,7 @@ class Ensemble(Architecture):
 
     def forward(self, image: torch.Tensor) -> dict[str, Features]:
         per_task = [self.backbones[task](image) for task in self.task_names]
-        exposed = self.expose([m for maps in per_task for m in maps])
-        count = len(self.channels)
-        return {task: self._features(task, exposed[i * count:(i + 1) * count])
-                for i, task in enumerate(self.task_names)}
-
-    def _features(self, task: str, maps: list[torch.Tensor]) -> Features:
-        if task in self.necks:
-            return self.necks[task](maps)
-        return self.without_pyramid(maps)
+        return self.per_task_features(per_task, self.necks)
 
     def roles(self) -> ParameterRoles:
         return ParameterRoles(
