@@ -339,7 +339,7 @@ class MultiTaskModule(LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
-        norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+        norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel, not one per tensor
         if bool(torch.isfinite(norms).all()):
             return
         self._skip_step(f"non-finite gradient at step {self.global_step}")

@@ -194,7 +194,22 @@ class GradVac(TorchjdWeighting):
         return jd.GradVacWeighting(beta=self.beta, eps=self.eps)
 
 
-class UPGrad(TorchjdWeighting):
+class _PreferenceWeighting(TorchjdWeighting):
+    """A torchjd weighting configured by an optional preference vector (UPGrad, DualProj)."""
+
+    default_source: GradientSource = "parameters"
+    weighting_class: type[jd.Weighting]
+
+    def __init__(self, pref_vector: list[float] | None = None,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.pref_vector = pref_vector
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return self.weighting_class(pref_vector=_preference(self.pref_vector))
+
+
+class UPGrad(_PreferenceWeighting):
     """Unconflicting projection of gradients (Quinton & Rey, "Jacobian Descent for
     Multi-Objective Optimization", 2024).
 
@@ -206,18 +221,10 @@ class UPGrad(TorchjdWeighting):
         pref_vector: preference weight per task (``None``: equal).
     """
 
-    default_source: GradientSource = "parameters"
-
-    def __init__(self, pref_vector: list[float] | None = None,
-                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
-        super().__init__(source=source, statistics_every=statistics_every)
-        self.pref_vector = pref_vector
-
-    def make_weighting(self, num_tasks: int) -> jd.Weighting:
-        return jd.UPGradWeighting(pref_vector=_preference(self.pref_vector))
+    weighting_class = jd.UPGradWeighting
 
 
-class DualProj(TorchjdWeighting):
+class DualProj(_PreferenceWeighting):
     """DualProj (Quinton & Rey 2024; the projection of Lopez-Paz & Ranzato's GEM, 2017).
 
     The preference-weighted average of the task gradients, projected onto their dual cone so
@@ -228,15 +235,7 @@ class DualProj(TorchjdWeighting):
         pref_vector: preference weight per task (``None``: equal).
     """
 
-    default_source: GradientSource = "parameters"
-
-    def __init__(self, pref_vector: list[float] | None = None,
-                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
-        super().__init__(source=source, statistics_every=statistics_every)
-        self.pref_vector = pref_vector
-
-    def make_weighting(self, num_tasks: int) -> jd.Weighting:
-        return jd.DualProjWeighting(pref_vector=_preference(self.pref_vector))
+    weighting_class = jd.DualProjWeighting
 
 
 class FairGrad(TorchjdWeighting):

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_lightning.models.architectures.base import Architecture, BackboneFactory, ParameterRoles
-from mtl_lightning.models.neck import FeaturePyramid, Features
+from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.hard import HardSharing
+from mtl_lightning.models.neck import Features
 
 
 class AttentionUnit(nn.Module):
@@ -34,7 +35,7 @@ class AttentionUnit(nn.Module):
         return self.gate(inputs) * shared
 
 
-class MultiTaskAttention(Architecture):
+class MultiTaskAttention(HardSharing):
     """A shared backbone; each task attends to its own subset of every backbone map.
 
     Liu et al., "End-to-End Multi-Task Learning with Attention", CVPR 2019. The shared
@@ -47,11 +48,7 @@ class MultiTaskAttention(Architecture):
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
                  neck_channels: int,
                  pyramid_levels: dict[str, tuple[int, ...] | None] | None = None) -> None:
-        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
-        self.backbone = make_backbone()
-        self.channels, self.strides = self.backbone.channels, self.backbone.reductions
-        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels,
-                                   levels=self.levels_of(self.pyramid_tasks))
+        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)  # backbone, neck
         self.attention = nn.ModuleDict({
             task: nn.ModuleList(
                 AttentionUnit(c, self.channels[j - 1] if j else 0)
@@ -73,7 +70,6 @@ class MultiTaskAttention(Architecture):
         return features
 
     def roles(self) -> ParameterRoles:
-        return ParameterRoles(
-            list(self.backbone.parameters()), list(self.neck.parameters()),
-            {task: list(units.parameters()) for task, units in self.attention.items()},
-        )
+        roles = super().roles()
+        roles.per_task = {task: list(units.parameters()) for task, units in self.attention.items()}
+        return roles
