@@ -1,10 +1,13 @@
 """The experiment sets of the README, on Scenes, on a CPU: MTL against single-task baselines.
 
     python benchmarks/experiments.py [--sets base,unrelated,labels,noise] [--root DIR] [--full]
+        [--seed N]
 
 Every run is ``mtl-lightning fit --config configs/default.yaml --config
 configs/experiment/short.yaml [--config configs/experiment/<variant>.yaml]
-[--config configs/experiment/single_<task>.yaml]`` (one seed, 0), with the CSV logger.
+[--config configs/experiment/single_<task>.yaml] --seed_everything N`` (``--seed``, default
+0; the data stay the same, the initialisation and the batch order change), with the CSV
+logger. Use one ``--root`` per seed.
 Each set ends with ``mtl-lightning compare`` of its MTL run(s) against the single-task runs
 of the same data, and everything is written to ``<root>/experiments.md`` and ``.json``:
 
@@ -36,7 +39,8 @@ from mtl_lightning.compare import compare, table  # noqa: E402
 TASKS = ("classification", "segmentation", "detection")
 BASE = ["--config", "configs/default.yaml", "--trainer.logger", "configs/logger/csv.yaml"]
 SHORT = ["--config", "configs/experiment/short.yaml"]
-#: the schedule of every run: short (default of this script) or the default job's (--full)
+#: the schedule of every run: short (default of this script) or the default job's (--full),
+#: and the seed
 SCHEDULE: list[str] = list(SHORT)
 
 
@@ -79,9 +83,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "experiments")
     parser.add_argument("--full", action="store_true",
                         help="the default job's schedule instead of short.yaml (~10 min a run)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed_everything of every run (the data are the same)")
     args = parser.parse_args()
     if args.full:
         SCHEDULE.clear()
+    SCHEDULE.append(f"--seed_everything={args.seed}")
     sets = args.sets.split(",")
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
