@@ -49,23 +49,16 @@ compare numbers only from the same machine and device.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
-import ctypes
 import gc
 import io
 import json
-import logging
-import os
 import pstats
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +72,15 @@ from mtl_lightning.cli import MultiTaskCLI
 from mtl_lightning.module import MultiTaskModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from loader_vs_step import cpu_model
+from suite.common import (
+    InMemoryBatches,
+    RssSampler,
+    StepTimer,
+    machine,
+    quiet,
+    release_freed_memory,
+    spread,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "default.yaml"
@@ -132,74 +133,6 @@ def target(method: str, kind: str) -> float | None:
 
 
 # ------------------------------------------------------------------------ measurement
-class StepTimer(Callback):
-    """Wall time of every batch start (after a device sync): consecutive differences are
-    whole steps, including everything Lightning and the module run after the optimizer step."""
-
-    def __init__(self, sync: bool) -> None:
-        self.sync = sync
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
-        self.starts.append(time.perf_counter())
-
-    def step_times(self, warmup: int, steps: int) -> list[float]:
-        return [b - a for a, b in zip(self.starts[warmup:warmup + steps],
-                                      self.starts[warmup + 1:warmup + steps + 1])]
-
-
-class RssSampler:
-    """Peak resident set size of this process, sampled by a thread, in bytes."""
-
-    def __init__(self, period_s: float = 0.002) -> None:
-        self.period_s = period_s
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def rss(self) -> int:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * self.page
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> RssSampler:
-        self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and return freed heap to the system (glibc), so that RSS means live."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class InMemoryBatches:
-    """A few real batches, cycled ``length`` times: a train loader that costs nothing."""
-
-    def __init__(self, batches: list[dict], length: int) -> None:
-        self.batches, self.length = batches, length
-
-    def __iter__(self) -> Iterator[dict]:
-        return (self.batches[i % len(self.batches)] for i in range(self.length))
-
-    def __len__(self) -> int:
-        return self.length
-
-
 def build(method: str, data_root: Path, scratch: str) -> MultiTaskCLI:
     """The default job's data module and model with ``method`` as balancer, via the CLI."""
     data = [f"--data.init_args.{k}={v}" for k, v in DATA_ARGS.items()]
@@ -299,19 +232,6 @@ def round_order(methods: list[str], round_index: int) -> list[str]:
     if round_index:
         random.Random(round_index).shuffle(order)
     return order
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def quiet() -> None:
-    """Lightning's per-fit banners and known-harmless warnings would drown the table."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    for message in (".*LightningCLI's args parameter.*", ".*does not have many workers.*",
-                    ".*no `val_dataloader`.*", ".*LeafSpec.*", ".*not DPP.*"):
-        warnings.filterwarnings("ignore", message=message)
 
 
 def prepare(quick: bool, device: str, methods: list[str] | None, overrides: dict[str, Any],
@@ -431,14 +351,6 @@ def profile(device: str, methods: list[str], data_root: Path, top: int = 25) -> 
             stats.print_stats("mtl_lightning|torchjd|cvxpy|autograd/__init__", top)
             print(f"=== {method} ({device}): cProfile over {settings['steps']} steps\n"
                   f"{out.getvalue()}")
-
-
-def machine(device: str) -> dict[str, Any]:
-    about: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-                             "torch": torch.__version__}
-    if device == "cuda":
-        about["gpu"] = torch.cuda.get_device_name()
-    return about
 
 
 # ------------------------------------------------------------------------------ report

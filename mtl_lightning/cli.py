@@ -43,6 +43,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mtl_lightning.callbacks import (
     ConfusionMatrix,
+    FrozenGarbageCollector,
     GradientConflictHeatmap,
     MetricsReport,
     PredictionOverlays,
@@ -152,6 +153,7 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(ConfusionMatrix, "confusion_matrix")
         parser.add_lightning_class_args(WandbSummaries, "wandb_summaries")
         parser.add_lightning_class_args(RunStatistics, "run_statistics")
+        parser.add_lightning_class_args(FrozenGarbageCollector, "garbage_collection")
 
     def _subcommand_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config

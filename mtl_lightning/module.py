@@ -102,7 +102,14 @@ class MultiTaskModule(LightningModule):
         warmup_fraction: fraction of all steps spent warming the learning rate up linearly.
         min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
         train_metrics: also compute metrics on training batches (detection mAP excepted).
+        train_metrics_every: update the training metrics on every n-th training batch only:
+            the epoch's training metrics are then an estimate from a 1/n sample of its
+            batches, at 1/n of the cost (about 6 % of a step at n=1 on 2 CPU cores; see
+            BENCHMARKS.md). 1 updates on every batch.
         channels_last: run the network in channels-last memory format.
+        compile: compile the network (architecture and task heads) with ``torch.compile``,
+            in place, so checkpoints keep their keys. Losses, target assignment and
+            post-processing stay eager. Off by default: see BENCHMARKS.md for where it pays.
         nonfinite_policy: what a NaN or infinite task loss (or gradient) does: ``"skip"`` the
             step (the weights are left untouched; counted and logged as
             ``train/mtl/skipped_steps``) or ``"stop"`` the run with a one-line error (the
@@ -134,7 +141,9 @@ class MultiTaskModule(LightningModule):
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.01,
         train_metrics: bool = True,
+        train_metrics_every: int = 10,
         channels_last: bool = False,
+        compile: bool = False,
         nonfinite_policy: Literal["skip", "stop"] = "skip",
         max_consecutive_skips: int = 20,
         baselines: dict[str, dict[str, float]] | None = None,
@@ -203,6 +212,10 @@ class MultiTaskModule(LightningModule):
         })
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        if compile:
+            self.architecture.compile()
+            for task in self.tasks.values():
+                task.compile()
         self._pending: TaskLosses | None = None  # task losses awaiting a gradient weighting
         self._balance_log: dict[str, torch.Tensor] = {}
         self.gradient_conflict: tuple[tuple[str, ...], torch.Tensor] | None = None
@@ -230,7 +243,7 @@ class MultiTaskModule(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _task_losses(
-        self, batch: Batch, stage: str
+        self, batch: Batch, stage: str, update_metrics: bool = True
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Each task's loss (mean over its labelled samples) and its labelled-sample count;
         metrics are updated on the way."""
@@ -238,11 +251,11 @@ class MultiTaskModule(LightningModule):
         losses: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
-            has, target = self._labels(batch, name)
+            has, target = self.task_labels(batch, name)
             losses[name] = task.loss(outputs[name], target, has)
             counts[name] = has.sum()
             key = f"{stage}_{name}"
-            if key in self.metrics:
+            if key in self.metrics and update_metrics:
                 task.update_metrics(self.metrics[key], outputs[name], target, has)
         return losses, counts
 
@@ -259,7 +272,7 @@ class MultiTaskModule(LightningModule):
                  batch_size=size, sync_dist=True)  # the mean over processes under DDP
         return total
 
-    def _labels(self, batch: Batch, name: str) -> tuple[torch.Tensor, Any]:
+    def task_labels(self, batch: Batch, name: str) -> tuple[torch.Tensor, Any]:
         """Which samples are labelled for task ``name``, and its targets; an auxiliary task
         derives them from its source task's labels."""
         source = self.tasks[name].derived_from
@@ -276,7 +289,8 @@ class MultiTaskModule(LightningModule):
         return has
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        local, counts = self._task_losses(batch, "train")
+        every = max(1, int(self.hparams.get("train_metrics_every", 1)))
+        local, counts = self._task_losses(batch, "train", update_metrics=batch_idx % every == 0)
         losses = TaskLosses.gather(local, counts)  # global values; one all-reduce under DDP
         size = len(batch["image"])
         if not losses.tasks:
@@ -480,9 +494,7 @@ class MultiTaskModule(LightningModule):
         computed: dict[str, dict[str, float]] = {}
         for name, task in self.tasks.items():
             key = f"{stage}_{name}"
-            if key not in self.metrics or not any(
-                metric.update_called for metric in self.metrics[key].values()
-            ):
+            if key not in self.metrics or not self._updated_anywhere(self.metrics[key]):
                 continue
             values = task.compute_metrics(self.metrics[key])
             self.metrics[key].reset()
@@ -495,6 +507,17 @@ class MultiTaskModule(LightningModule):
             self.log(f"{stage}/mtl/score", torch.stack(headline).mean(), sync_dist=False)
         if self.hparams.baselines and stage != "train":
             self._log_delta_m(stage, computed)
+
+    def _updated_anywhere(self, metrics: nn.ModuleDict) -> bool:
+        """Whether any process updated ``metrics`` this epoch. Computing syncs the metric
+        across processes, so every process must make the same choice: with partial labels
+        (and training metrics on a sample of batches) one process may have seen no
+        labelled sample of a task while another has."""
+        updated = any(metric.update_called for metric in metrics.values())
+        if self._trainer is None or self.trainer.world_size == 1:
+            return updated
+        flag = torch.tensor(float(updated), device=self.device)
+        return bool(self.trainer.strategy.reduce(flag, reduce_op="sum") > 0)
 
     def _log_delta_m(self, stage: str, computed: dict[str, dict[str, float]]) -> None:
         """``{stage}/mtl/delta_m`` against ``model.baselines`` (Maninis et al. 2019), over the

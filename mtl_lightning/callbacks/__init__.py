@@ -1,9 +1,10 @@
 """Callbacks: the metrics report (console table + metrics.json), prediction overlays of
 validation images (PNG + W&B images and table), the gradient-conflict heatmap, the
 classification confusion matrix, the W&B run summaries, the prediction writer, the run's
-cost (run.json) and staged training."""
+cost (run.json), staged training and the frozen garbage collector."""
 
 from mtl_lightning.callbacks.confusion_matrix import ConfusionMatrix
+from mtl_lightning.callbacks.garbage_collection import FrozenGarbageCollector
 from mtl_lightning.callbacks.gradient_conflict import GradientConflictHeatmap
 from mtl_lightning.callbacks.metrics_report import MetricsReport
 from mtl_lightning.callbacks.prediction_overlays import PredictionOverlays
@@ -14,6 +15,7 @@ from mtl_lightning.callbacks.wandb_summaries import WandbSummaries
 
 __all__ = [
     "ConfusionMatrix",
+    "FrozenGarbageCollector",
     "GradientConflictHeatmap",
     "MetricsReport",
     "PredictionOverlays",

@@ -144,7 +144,7 @@ class ConfusionMatrix(Callback):
         if self.save_png:
             folder = run_directory(trainer) / "confusion_matrix"
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(picture).save(folder / f"epoch{epoch:03d}.png")
+            Image.fromarray(picture).save(folder / f"epoch{epoch:03d}.png", compress_level=1)
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if self.log_to_wandb and loggers and int(counts.sum()) > 0:
             import wandb

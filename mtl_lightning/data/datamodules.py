@@ -26,6 +26,7 @@ from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
 from mtl_lightning.data.transforms import eval_transforms, train_transforms
 from mtl_lightning.data.validation import DataError, load_and_validate, load_coco_json
+from mtl_lightning.data.workers import freeze_in_worker
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -139,7 +140,7 @@ class MultiTaskDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=collate_multitask,
+            collate_fn=collate_multitask, worker_init_fn=freeze_in_worker,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -66,6 +66,7 @@ from mtl_lightning.data.sources import (
     VocDetectionFolder,
     placeholder_target,
 )
+from mtl_lightning.data.workers import freeze_in_worker
 
 SPLITS = ("train", "val", "test")
 SamplingMode = Literal["max_size_cycle", "min_size", "max_size", "sequential"]
@@ -371,7 +372,7 @@ class MultiSourceDataModule(MultiTaskDataModule):
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
             drop_last=shuffle and len(dataset) > batch_size, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-            collate_fn=collate_multitask,
+            collate_fn=collate_multitask, worker_init_fn=freeze_in_worker,
         )
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:

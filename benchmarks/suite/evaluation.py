@@ -1,0 +1,76 @@
+"""What evaluating costs beyond the network: ``eval_overhead``.
+
+A validation epoch through Lightning (``trainer.validate`` with the config's callbacks and
+logger: the loader, forward, losses, every task's metric update, the final mIoU, accuracy
+and COCO mAP compute, logging, overlays) over the forward passes alone of the same
+batches, held in memory, under ``torch.inference_mode`` and the config's autocast. The
+epoch is timed from ``on_validation_start`` to ``on_validation_end``: the loader's workers
+start before it, as they do once per fit with persistent workers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+from .common import autocast_for, batches_in_memory, build_cli, spread, synchronize
+from .settings import Settings
+
+TARGET = 1.3
+
+
+class ValidationTimer(Callback):
+    """Wall time of each validation run, from its start hook to its end hook."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_validation_start(self, *args: Any) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, *args: Any) -> None:
+        synchronize(self.device)
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def forward_seconds(model: Any, batches: list[dict], precision: str, device: str) -> float:
+    model.eval()
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast_for(precision, device):
+        for batch in batches:
+            model(batch["image"])
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def eval_overhead(settings: Settings, device: str, config: Path,
+                  args: list[str]) -> dict[str, Any]:
+    cli = build_cli(*args, config=config, device=device, logger=True)
+    cli.datamodule.setup("validate")
+    precision = str(cli.config.trainer.precision)
+    batches = batches_in_memory(cli.datamodule.val_dataloader(), 10**6, device)
+    timer = ValidationTimer(device)
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)  # warm-up
+    forward_seconds(cli.model, batches, precision, device)
+    epoch_s, forward_s, ratios = [], [], []
+    for round_index in range(settings.rounds):
+        if round_index % 2 == 1:
+            forward = forward_seconds(cli.model, batches, precision, device)
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+        if round_index % 2 == 0:
+            forward = forward_seconds(cli.model, batches, precision, device)
+        epoch_s.append(timer.seconds[-1])
+        forward_s.append(forward)
+        ratios.append(timer.seconds[-1] / forward)
+    return {"ratio": spread(ratios), "epoch_s": spread(epoch_s),
+            "forward_s": spread(forward_s), "target": TARGET,
+            "images": sum(len(b["image"]) for b in batches)}

@@ -1,0 +1,97 @@
+"""The benchmark suite (benchmarks/run.py): its reference loop computes what the module
+computes, and every measurement runs end to end and writes the keys the README promises."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, SMOKE_CONFIG
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from suite.common import build_cli
+from suite.plain_loop import PlainLoop
+
+RUN = REPO / "benchmarks" / "run.py"
+
+
+def smoke_cli(scenes_root: Path):
+    return build_cli(f"--data.init_args.root={scenes_root}", "--trainer.precision=32",
+                     config=SMOKE_CONFIG)
+
+
+def test_plain_loop_real_loss_is_the_modules_loss(scenes_root: Path) -> None:
+    """The reference step computes the same task losses as the Lightning module, so the
+    overhead ratios compare like with like."""
+    cli = smoke_cli(scenes_root)
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    model = cli.model.eval()  # batch norm from running statistics: two forwards agree
+    loop = PlainLoop(model, "32", "cpu")
+    model.eval()
+    with torch.no_grad():
+        reference = loop.total_loss(batch)
+        losses, _ = model._task_losses(batch, "val")
+    assert torch.allclose(reference, sum(losses.values()), rtol=1e-5)
+    assert set(losses) == {"classification", "segmentation", "detection"}
+
+
+def test_plain_loop_steps_change_the_weights_for_both_losses(scenes_root: Path) -> None:
+    cli = smoke_cli(scenes_root)
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    for kind in ("real", "trivial"):
+        loop = PlainLoop(cli.model, "32", "cpu", loss=kind)
+        head = next(cli.model.tasks["segmentation"].parameters())
+        before = head.detach().clone()
+        loop.step(batch)
+        assert not torch.equal(before, head.detach()), kind
+
+
+def test_unknown_loss_kind_is_refused(scenes_root: Path) -> None:
+    with pytest.raises(ValueError, match="loss must be"):
+        PlainLoop(smoke_cli(scenes_root).model, "32", "cpu", loss="zero")
+
+
+def test_cuda_suite_skips_cleanly_without_a_gpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CUDA suite would run")
+    output = tmp_path / "cuda.json"
+    process = subprocess.run([sys.executable, str(RUN), "--device", "cuda", "--json",
+                              str(output)], capture_output=True, text=True, cwd=REPO)
+    assert process.returncode == 0, process.stderr
+    assert "skipped" in process.stdout
+    assert json.loads(output.read_text())["skipped"] == "no CUDA device"
+
+
+@pytest.mark.slow
+def test_suite_runs_every_measurement_and_writes_its_keys(tmp_path: Path,
+                                                          scenes_root: Path) -> None:
+    """The whole suite at toy size (smoke config, 64 and 96 px, one timed step) gives a
+    finite positive figure for every key and prints the table."""
+    output = tmp_path / "suite.json"
+    keys = ["train_step_overhead", "loss_overhead", "mtl_vs_single_inference_speedup",
+            "loader_vs_step_ratio", "eval_overhead", "peak_rss_mb", "scaling"]
+    process = subprocess.run(
+        [sys.executable, str(RUN), "--config", str(SMOKE_CONFIG), "--json", str(output),
+         "--quick", "--rounds", "2", "--steps", "2", "--warmup", "1", "--sizes", "64,96",
+         "--only", ",".join(keys), "--", f"--data.init_args.root={scenes_root}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = json.loads(output.read_text())
+    for key in keys[:-1]:
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0
+    assert "FAILED" not in process.stdout, process.stdout
+    assert result["peak_rss_mb"] > 100  # a Python process with torch loaded
+    assert result["mtl_vs_single_inference_speedup"] > 1.0  # one backbone instead of three
+    scaling = result["scaling"]
+    assert set(scaling) == {"size_64", "size_96", "tasks_1", "tasks_2", "tasks_3",
+                            "tasks_3_aux"}
+    assert scaling["size_96"]["step_ms"]["median"] > scaling["size_64"]["step_ms"]["median"]
+    assert result["machine"]["torch"] == torch.__version__
+    for line in ("train_step_overhead", "loss_overhead", "eval_overhead", "peak_rss_mb"):
+        assert line in process.stdout
