@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from loader_vs_step import REPO, build, cpu_model, time_steps
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from suite.common import REPO, batches_in_memory, build_cli, machine, quiet, spread, time_calls
+from suite.plain_loop import PlainLoop
 
 ARCHITECTURES = ("hard", "mtan", "cross_stitch", "ensemble")
 
@@ -35,24 +32,26 @@ def main() -> None:
     parser.add_argument("--json", type=Path,
                         default=REPO / "benchmarks" / "results" / "architectures.json")
     args = parser.parse_args()
-    built = {name: build(args.config, [f"--model.architecture={name}"])
-             for name in ARCHITECTURES}
+    quiet()
+    built = {}
+    for name in ARCHITECTURES:
+        cli = build_cli(f"--model.architecture={name}", config=args.config)
+        batches = batches_in_memory(cli.datamodule.train_dataloader(), 4, "cpu")
+        built[name] = (PlainLoop(cli.model, str(cli.config.trainer.precision), "cpu"), batches)
     rates: dict[str, list[float]] = {name: [] for name in ARCHITECTURES}
     for _ in range(args.repeats):
-        for name, (data, model, precision) in built.items():
-            rates[name] += time_steps(data, model, precision, args.batches, repeats=1)
+        for name, (loop, batches) in built.items():
+            times = time_calls(lambda i, loop=loop, batches=batches:
+                               loop.step(batches[i % len(batches)]), args.batches, 1, "cpu")
+            rates[name].append(len(batches[0]["image"]) * len(times) / sum(times))
     rows = {}
-    for name, (_, model, _) in built.items():
-        values = rates[name]
+    for name, (loop, _) in built.items():
         rows[name] = {
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "train_images_per_s": {"median": statistics.median(values),
-                                   "min": min(values), "max": max(values)},
+            "params_m": sum(p.numel() for p in loop.model.parameters()) / 1e6,
+            "train_images_per_s": spread(rates[name]),
         }
     hard = rows["hard"]["train_images_per_s"]["median"]
-    result = {"machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__},
-              "config": str(args.config), "architectures": rows}
+    result = {"machine": machine("cpu"), "config": str(args.config), "architectures": rows}
     print(f"machine: {result['machine']}")
     print(f"{'architecture':<14}{'params (M)':>12}{'img/s':>9}{'min':>9}{'max':>9}"
           f"{'vs hard':>9}")

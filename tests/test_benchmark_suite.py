@@ -95,3 +95,12 @@ def test_suite_runs_every_measurement_and_writes_its_keys(tmp_path: Path,
     assert result["machine"]["torch"] == torch.__version__
     for line in ("train_step_overhead", "loss_overhead", "eval_overhead", "peak_rss_mb"):
         assert line in process.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_starts(script: str) -> None:
+    """Each script imports what it needs (they share benchmarks/suite/) and parses --help."""
+    process = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"],
+                             capture_output=True, text=True, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "usage" in process.stdout
