@@ -70,8 +70,8 @@ def balancing_overhead(settings: Settings, device: str, config: Path,
                        args: list[str]) -> dict[str, Any]:
     """The balancing benchmark's ratios (it builds the default model itself)."""
     rounds = max(2, settings.rounds - 2)
-    result = balancing.run(settings.rounds < FULL.rounds, device,
-                           list(settings.balancing_methods or []), rounds=rounds)
+    result = balancing.run(settings.quick, device, list(settings.balancing_methods or []),
+                           rounds=rounds)
     if "skipped" in result:
         return result
     return {method: {"ratio": values["ratio"], "target": values.get("target"),

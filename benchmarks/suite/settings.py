@@ -22,6 +22,8 @@ class Settings:
     balancing_methods: tuple[str, ...] | None
     #: image sizes of the scaling measurement; the first is the reference
     scaling_sizes: tuple[int, ...] = (128, 256, 512)
+    #: the balancing benchmark's own quick setting (2 rounds of 5 steps)
+    quick: bool = False
 
 
 FULL = Settings(rounds=5, warmup=5, steps=20, in_memory_batches=4, scaling_steps=6,
@@ -29,4 +31,5 @@ FULL = Settings(rounds=5, warmup=5, steps=20, in_memory_batches=4, scaling_steps
 QUICK = Settings(rounds=3, warmup=3, steps=8, in_memory_batches=4, scaling_steps=2,
                  rss_train_batches=30,
                  balancing_methods=("equal", "static", "uncertainty", "famo_fast", "mgda",
-                                    "pcgrad", "upgrad@representation"))
+                                    "pcgrad", "upgrad@representation"),
+                 quick=True)
