@@ -17,7 +17,7 @@ JSON (default ``benchmarks/results/suite[_quick][_cuda].json``) with the top-lev
 ``balancing_overhead``         per method, step time / equal weighting (benchmarks/balancing.py)
 ``peak_rss_mb``                the default run's peak resident memory, suite/memory.py
 ``scaling``                    plain step time against image size and number of tasks
-``gpu``                        ``--device cuda`` only: absolute images/s, GPU busy fraction
+``gpu``                        ``--device cuda``: absolute images/s, GPU busy share, suite/gpu.py
 ============================== ==========================================================
 
 Every measurement uses the default job's config (``--config``, plus any overrides after
@@ -91,47 +91,54 @@ def verdict(value: float, target: float, direction: str) -> str:
     return "met" if ok else "NOT met"
 
 
+#: width of the table's name column
+W = 42
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"machine: {result['machine']}  device: {result['device']}  "
              f"quick: {result['quick']}",
-             f"{'measure':<34}{'median':>9}{'min':>9}{'max':>9}  target   verdict"]
+             f"{'measure':<{W}}{'median':>9}{'min':>9}{'max':>9}  target   verdict"]
     for key, (_, direction) in RATIOS.items():
         entry = result.get(key)
         if not isinstance(entry, dict) or "ratio" not in entry:
             continue
         ratio, target = entry["ratio"], entry["target"]
         sign = "<=" if direction == "max" else ">="
-        lines.append(f"{key:<34}{ratio['median']:>9.3f}{ratio['min']:>9.3f}{ratio['max']:>9.3f}"
+        lines.append(f"{key:<{W}}{ratio['median']:>9.3f}{ratio['min']:>9.3f}{ratio['max']:>9.3f}"
                      f"  {sign} {target:<5} {verdict(ratio['median'], target, direction)}")
     for method, entry in (result.get("balancing_overhead") or {}).items():
         if isinstance(entry, dict) and "ratio" in entry:
             ratio = entry["ratio"]
             target = f"<= {entry['target']}" if entry.get("target") else "-"
-            lines.append(f"{'balancing ' + method:<34}{ratio['median']:>9.3f}"
+            lines.append(f"{'balancing ' + method:<{W}}{ratio['median']:>9.3f}"
                          f"{ratio['min']:>9.3f}{ratio['max']:>9.3f}  {target}")
     if isinstance(result.get("peak_rss_mb"), dict) and "peak_rss_mb" in result["peak_rss_mb"]:
-        lines.append(f"{'peak_rss_mb (default run)':<34}"
+        lines.append(f"{'peak_rss_mb (default run)':<{W}}"
                      f"{result['peak_rss_mb']['peak_rss_mb']:>9.0f}")
-    for name, entry in (result.get("scaling") or {}).items():
+    scaling = result.get("scaling") or {}
+    reference = next((name for name in scaling if name.startswith("size_")), "")
+    for name, entry in scaling.items():
         if isinstance(entry, dict) and "step_ms" in entry:
             step = entry["step_ms"]
-            lines.append(f"{'scaling ' + name + ' (ms/step)':<34}{step['median']:>9.1f}"
+            lines.append(f"{'scaling ' + name + ' (ms/step)':<{W}}{step['median']:>9.1f}"
                          f"{step['min']:>9.1f}{step['max']:>9.1f}  "
-                         f"x{entry['ratio_to_default']['median']:.2f} of size_128")
+                         f"x{entry['ratio_to_default']['median']:.2f} of {reference}")
     gpu = result.get("gpu") or {}
     for key, value in gpu.items():
         if isinstance(value, dict) and "median" in value:
-            lines.append(f"{'gpu ' + key:<34}{value['median']:>9.1f}{value['min']:>9.1f}"
+            lines.append(f"{'gpu ' + key:<{W}}{value['median']:>9.1f}{value['min']:>9.1f}"
                          f"{value['max']:>9.1f}")
         elif isinstance(value, float):
-            lines.append(f"{'gpu ' + key:<34}{value:>9.3f}")
+            lines.append(f"{'gpu ' + key:<{W}}{value:>9.3f}")
     errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
     lines += [f"{key}: FAILED: {error}" for key, error in errors.items()]
     return "\n".join(lines)
 
 
-def flatten_ratios(result: dict[str, Any]) -> None:
+def flatten_ratios(result: dict[str, Any]) -> dict[str, Any]:
     """Top-level keys of the ratios hold the median; the details go to ``<key>_details``."""
+    result = dict(result)
     for key in RATIOS:
         entry = result.get(key)
         if isinstance(entry, dict) and "ratio" in entry:
@@ -141,6 +148,7 @@ def flatten_ratios(result: dict[str, Any]) -> None:
     if isinstance(rss, dict) and "peak_rss_mb" in rss:
         result["peak_rss_mb_details"] = rss
         result["peak_rss_mb"] = rss["peak_rss_mb"]
+    return result
 
 
 def customised(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -151,6 +159,8 @@ def customised(settings: Settings, args: argparse.Namespace) -> Settings:
         changes["scaling_sizes"] = tuple(int(size) for size in args.sizes.split(","))
     if args.methods:
         changes["balancing_methods"] = tuple(args.methods.split(","))
+    if args.gpu_variants:
+        changes["gpu_variants"] = tuple(args.gpu_variants.split(","))
     return dataclasses.replace(settings, **changes)
 
 
@@ -161,13 +171,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--only", default=None,
-                        help=f"comma-separated keys of {', '.join([*RATIOS, *OTHERS])}")
+                        help=f"comma-separated keys of {', '.join([*RATIOS, *OTHERS, 'gpu'])} "
+                        "(gpu on a CPU: the throughput part only)")
     parser.add_argument("--rounds", type=int, help="override the setting's rounds")
     parser.add_argument("--steps", type=int, help="override the setting's timed steps")
     parser.add_argument("--warmup", type=int, help="override the setting's warm-up steps")
     parser.add_argument("--sizes", help="image sizes of the scaling, e.g. 128,256,512")
     parser.add_argument("--methods", help="balancing methods, e.g. equal,pcgrad (default: "
                         "all; with --quick a subset)")
+    parser.add_argument("--gpu-variants", help="models of the gpu measurement, e.g. "
+                        "default_128px (default: default_128px,resnet50_512px)")
     parser.add_argument("overrides", nargs="*", help="config overrides, after --")
     args = parser.parse_args()
     suffix = ("_quick" if args.quick else "") + ("_cuda" if args.device == "cuda" else "")
@@ -180,13 +193,16 @@ def main() -> None:
     quiet()
     measurements: dict[str, Measurement] = {k: m for k, (m, _) in RATIOS.items()} | OTHERS
     keys = args.only.split(",") if args.only else list(measurements)
-    unknown = set(keys) - set(measurements)
+    if args.device == "cuda" and not args.only:
+        keys.append("gpu")
+    unknown = set(keys) - set(measurements) - {"gpu"}
     if unknown:
-        parser.error(f"unknown --only keys {sorted(unknown)}; known: {list(measurements)}")
+        parser.error(f"unknown --only keys {sorted(unknown)}; known: {[*measurements, 'gpu']}")
     settings = customised(QUICK if args.quick else FULL, args)
     result: dict[str, Any] = {"device": args.device, "quick": args.quick,
                               "machine": machine(args.device), "config": str(args.config),
                               "overrides": args.overrides, "settings": dataclasses.asdict(settings)}
+    measurements["gpu"] = lambda s, d, c, a: gpu_extras(s, d, c, a, lightning_ms(result))
     start = time.perf_counter()
     for key in keys:
         began = time.perf_counter()
@@ -196,14 +212,25 @@ def main() -> None:
             traceback.print_exc()
             result[key] = {"error": f"{type(error).__name__}: {error}"}
         print(f"[{key}: {time.perf_counter() - began:.0f} s]", file=sys.stderr, flush=True)
-    if args.device == "cuda" and not args.only:
-        result["gpu"] = gpu_extras(settings, args.config, args.overrides)
-    result["seconds"] = time.perf_counter() - start
+        write(path, result, start)  # what is measured is kept, even if a later key hangs
     print(table(result))
-    flatten_ratios(result)
+    flat = flatten_ratios(result)
+    write(path, flat, start)
+    print(f"wrote {path} ({flat['seconds']:.0f} s)")
+
+
+def lightning_ms(result: dict[str, Any]) -> float | None:
+    """The median Lightning step of ``train_step_overhead``, where it ran before."""
+    entry = result.get("train_step_overhead")
+    if isinstance(entry, dict) and "lightning_ms" in entry:
+        return entry["lightning_ms"]["median"]
+    return None
+
+
+def write(path: Path, result: dict[str, Any], start: float) -> None:
+    result["seconds"] = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {path} ({result['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

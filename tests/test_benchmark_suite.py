@@ -3,6 +3,7 @@ computes, and every measurement runs end to end and writes the keys the README p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -104,3 +105,32 @@ def test_every_benchmark_script_starts(script: str) -> None:
                              capture_output=True, text=True, cwd=REPO)
     assert process.returncode == 0, process.stderr[-2000:]
     assert "usage" in process.stdout
+
+
+def test_busy_time_counts_overlapping_kernels_once() -> None:
+    from suite.gpu import merged_busy_seconds
+
+    assert merged_busy_seconds([]) == 0.0
+    # [0, 4] and [2, 5] overlap (5 busy), [7, 8] is separate, [7.2, 7.5] lies inside it
+    assert merged_busy_seconds([(7.0, 8.0), (2.0, 5.0), (0.0, 4.0), (7.2, 7.5)]) == 6.0
+
+
+def test_gpu_throughput_part_runs_on_the_cpu(scenes_root: Path, monkeypatch) -> None:
+    """The ``gpu`` measurement's images/s part is device-agnostic (the busy fraction needs
+    CUDA), so its plumbing is exercised here with two small variants."""
+    import suite.gpu as gpu
+    from suite.settings import QUICK
+
+    monkeypatch.setattr(gpu, "VARIANTS", {"default_128px": ["--trainer.precision=32"],
+                                          "wider": ["--trainer.precision=32",
+                                                    "--model.neck_channels=32"]})
+    settings = dataclasses.replace(QUICK, rounds=3, steps=1, warmup=1,  # odd: medians agree
+                                   gpu_variants=("default_128px", "wider"))
+    result = gpu.gpu_extras(settings, "cpu", SMOKE_CONFIG, [], lightning_step_ms=100.0)
+    for name in ("default_128px", "wider"):
+        rate = result[f"{name}_train_images_per_s"]
+        assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+        assert result[f"{name}_batch_size"] > 0
+        expected = 1e3 * result[f"{name}_batch_size"] / rate["median"]
+        assert result[f"{name}_step_ms"]["median"] == pytest.approx(expected, rel=1e-6)
+    assert "gpu_busy_fraction" not in result  # needs CUDA

@@ -24,6 +24,8 @@ class Settings:
     scaling_sizes: tuple[int, ...] = (128, 256, 512)
     #: the balancing benchmark's own quick setting (2 rounds of 5 steps)
     quick: bool = False
+    #: the models whose absolute images/s the ``gpu`` measurement reports (suite/gpu.py)
+    gpu_variants: tuple[str, ...] = ("default_128px", "resnet50_512px")
 
 
 FULL = Settings(rounds=5, warmup=5, steps=20, in_memory_batches=4, scaling_steps=6,
