@@ -491,7 +491,7 @@ class MultiTaskModule(LightningModule):
     def _log_metrics(self, stage: str) -> None:
         """Compute each task's metrics (torchmetrics syncs them across processes) and log
         ``{stage}/{task}/{metric}`` plus ``{stage}/mtl/score``, the mean headline metric."""
-        headline = []
+        headline: list[float] = []
         computed: dict[str, dict[str, float]] = {}
         for name, task in self.tasks.items():
             key = f"{stage}_{name}"
@@ -503,9 +503,11 @@ class MultiTaskModule(LightningModule):
                 self.log(f"{stage}/{name}/{metric}", value.float(), sync_dist=False)
             computed[name] = {m: float(v) for m, v in values.items() if v.numel() == 1}
             if task.headline_metric in values and not task.auxiliary:
-                headline.append(values[task.headline_metric].float())
+                headline.append(computed[name][task.headline_metric])
         if headline and stage != "train":
-            self.log(f"{stage}/mtl/score", torch.stack(headline).mean(), sync_dist=False)
+            # Python floats: the tasks' metrics live on different devices on a GPU (COCO mAP
+            # is computed on the CPU, mIoU on the GPU)
+            self.log(f"{stage}/mtl/score", sum(headline) / len(headline), sync_dist=False)
         if self.hparams.baselines and stage != "train":
             self._log_delta_m(stage, computed)
 

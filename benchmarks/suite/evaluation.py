@@ -43,7 +43,7 @@ class ValidationTimer(Callback):
 
 
 def forward_seconds(model: Any, batches: list[dict], precision: str, device: str) -> float:
-    model.eval()
+    model.to(device).eval()  # ``trainer.validate`` hands the model back on the CPU
     synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode(), autocast_for(precision, device):
