@@ -48,26 +48,34 @@ Targets = list[dict[str, torch.Tensor]]
 
 
 def pad_targets(targets: Targets, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Stack a batch's boxes [N_i, 4] and labels [N_i] into [B, M, 4], [B, M] and a mask."""
+    """Stack a batch's boxes [N_i, 4] and labels [N_i] into [B, M, 4], [B, M] and a mask of
+    the training targets: ``iscrowd`` regions are evaluation-only, so they are not valid.
+
+    One scatter per tensor for the whole batch (not three copies per image): on a GPU each
+    copy is a kernel launch, and launches, not arithmetic, bound the default model's step.
+    """
     batch = len(targets)
-    most = max((len(t["labels"]) for t in targets), default=0)
-    boxes = torch.zeros(batch, max(most, 1), 4, device=device)
-    labels = torch.zeros(batch, max(most, 1), dtype=torch.long, device=device)
-    valid = torch.zeros(batch, max(most, 1), dtype=torch.bool, device=device)
-    for i, target in enumerate(targets):
-        count = len(target["labels"])
-        boxes[i, :count] = target["boxes"].to(device, torch.float)
-        labels[i, :count] = target["labels"].to(device)
-        valid[i, :count] = True
+    counts = [len(t["labels"]) for t in targets]  # shapes: known on the host, no sync
+    slots = max(max(counts, default=0), 1)
+    boxes = torch.zeros(batch, slots, 4, device=device)
+    labels = torch.zeros(batch, slots, dtype=torch.long, device=device)
+    valid = torch.zeros(batch, slots, dtype=torch.bool, device=device)
+    if sum(counts) == 0:
+        return boxes, labels, valid
+    image = torch.repeat_interleave(torch.arange(batch), torch.tensor(counts)).to(device)
+    slot = torch.cat([torch.arange(count) for count in counts]).to(device)
+    boxes[image, slot] = torch.cat([t["boxes"] for t in targets]).to(device, torch.float)
+    labels[image, slot] = torch.cat([t["labels"] for t in targets]).to(device)
+    crowd = [t.get("iscrowd") for t in targets]
+    if any(c is not None for c in crowd):
+        valid[image, slot] = ~torch.cat([
+            c.to(device, torch.bool) if c is not None
+            else torch.zeros(count, dtype=torch.bool, device=device)
+            for c, count in zip(crowd, counts)
+        ])
+    else:
+        valid[image, slot] = True
     return boxes, labels, valid
-
-
-def without_crowds(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The boxes that are training targets: ``iscrowd`` regions are evaluation-only."""
-    crowd = target.get("iscrowd")
-    if crowd is None or not bool(crowd.any()):
-        return target
-    return {"boxes": target["boxes"][~crowd], "labels": target["labels"][~crowd]}
 
 
 class DetectionTask(Task):
@@ -211,7 +219,7 @@ class DetectionTask(Task):
         keep = has.nonzero().flatten()
         heat_logits = outputs["heatmap"][keep].float()
         box = outputs["box"][keep].float()
-        labelled = [without_crowds(targets[int(i)]) for i in keep]
+        labelled = [targets[i] for i in keep.tolist()]  # one host sync, not one per image
         height, width = heat_logits.shape[-2:]
         encoded = self.encode(labelled, height, width, heat_logits.device)
         num_objects = encoded["num_objects"].sum().clamp(min=1)
@@ -245,14 +253,23 @@ class DetectionTask(Task):
         flat_labels, flat_images = labels.flatten()[keep], images.flatten()[keep]
         groups = flat_images * classes + flat_labels  # NMS per image and class, in one call
         kept = batched_nms(flat_boxes, flat_scores, groups, self.nms_iou)
-        results = []
-        for i in range(batch):  # one split per image of the already-filtered detections
-            mine = kept[flat_images[kept] == i][: self.max_detections]
-            results.append({
-                "boxes": flat_boxes[mine], "scores": flat_scores[mine],
-                "labels": flat_labels[mine],
-            })
-        return results
+        # Group the survivors by image (a stable sort keeps NMS's descending scores within
+        # an image), keep each image's best ``max_detections``, and split once: one host
+        # sync for the whole batch instead of a boolean mask and a sync per image.
+        kept = kept[torch.sort(flat_images[kept], stable=True).indices]
+        owners = flat_images[kept]
+        counts = torch.bincount(owners, minlength=batch)
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(kept), device=kept.device) - first[owners]
+        kept = kept[rank < self.max_detections]
+        sizes = counts.clamp(max=self.max_detections).tolist()
+        return [
+            {"boxes": boxes_i, "scores": scores_i, "labels": labels_i}
+            for boxes_i, scores_i, labels_i in zip(
+                flat_boxes[kept].split(sizes), flat_scores[kept].split(sizes),
+                flat_labels[kept].split(sizes),
+            )
+        ]
 
     # -------------------------------------------------------------- metrics
     def build_metrics(self, stage: str) -> MetricCollection:

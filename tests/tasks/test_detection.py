@@ -105,3 +105,54 @@ def test_detection_head_reads_the_finest_pyramid_level() -> None:
     outputs = task(features, (64, 64))
     assert outputs["heatmap"].shape == (2, 3, 16, 16)
     assert outputs["box"].shape == (2, 4, 16, 16)
+
+
+def _reference_postprocess(task: DetectionTask, outputs: dict) -> list[dict]:
+    """Per image, written plainly: peaks, top-k, threshold, class-wise NMS, the best
+    ``max_detections``. The batched implementation must give exactly this."""
+    from torchvision.ops import batched_nms
+
+    results = []
+    for i in range(len(outputs["heatmap"])):
+        one = {key: value[i:i + 1] for key, value in outputs.items()}
+        heat = one["heatmap"].float().sigmoid()
+        peaks = heat * (heat == torch.nn.functional.max_pool2d(heat, 3, stride=1, padding=1))
+        height, width = heat.shape[-2:]
+        scores, index = peaks.flatten(1).topk(min(task.pre_nms_topk, peaks[0].numel()))
+        scores, index = scores[0], index[0]
+        boxes = task.decode_boxes(one["box"])[0][index % (height * width)]
+        labels = index // (height * width)
+        keep = scores > task.score_threshold
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        kept = batched_nms(boxes, scores, labels, task.nms_iou)[: task.max_detections]
+        results.append({"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]})
+    return results
+
+
+def test_batched_postprocess_equals_the_per_image_reference() -> None:
+    torch.manual_seed(0)
+    task = _task(score_threshold=0.2, max_detections=5, nms_iou=0.5, pre_nms_topk=40)
+    outputs = {"heatmap": torch.randn(6, 3, 16, 16) * 2, "box": torch.randn(6, 4, 16, 16) * 0.3}
+    outputs["heatmap"][2] = -20.0  # an image without a detection
+    batched, reference = task.postprocess(outputs), _reference_postprocess(task, outputs)
+    assert [len(r["scores"]) for r in batched] == [len(r["scores"]) for r in reference]
+    assert len(batched[2]["scores"]) == 0 and max(len(r["scores"]) for r in batched) == 5
+    for got, expected in zip(batched, reference):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(got[key], expected[key])
+
+
+def test_crowd_regions_are_not_training_targets() -> None:
+    """An ``iscrowd`` box gives the same targets as no box at all."""
+    task = _task()
+    crowd = [{"boxes": torch.tensor([[4.0, 6.0, 20.0, 30.0], [30.0, 2.0, 62.0, 18.0]]),
+              "labels": torch.tensor([0, 2]), "iscrowd": torch.tensor([0, 1])},
+             {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    plain = [{"boxes": crowd[0]["boxes"][:1], "labels": crowd[0]["labels"][:1]}, crowd[1]]
+    with_crowd = task.encode(crowd, 16, 16, torch.device("cpu"))
+    without = task.encode(plain, 16, 16, torch.device("cpu"))
+    for key in ("heatmap", "box", "weight", "num_objects"):
+        torch.testing.assert_close(with_crowd[key], without[key])
+    outputs = _outputs_from_targets(task, plain)
+    has = torch.tensor([True, True])
+    torch.testing.assert_close(task.loss(outputs, crowd, has), task.loss(outputs, plain, has))
