@@ -91,6 +91,12 @@ def verdict(value: float, target: float, direction: str) -> str:
     return "met" if ok else "NOT met"
 
 
+#: key -> (its diagnostic ratio, the table's label): where the overhead comes from
+DIAGNOSTICS = {
+    "train_step_overhead": ("in_memory_ratio", "  Lightning on in-memory batches"),
+    "eval_overhead": ("ratio_without_overlays", "  without the prediction overlays"),
+}
+
 #: width of the table's name column
 W = 42
 
@@ -107,6 +113,10 @@ def table(result: dict[str, Any]) -> str:
         sign = "<=" if direction == "max" else ">="
         lines.append(f"{key:<{W}}{ratio['median']:>9.3f}{ratio['min']:>9.3f}{ratio['max']:>9.3f}"
                      f"  {sign} {target:<5} {verdict(ratio['median'], target, direction)}")
+        if key in DIAGNOSTICS and DIAGNOSTICS[key][0] in entry:
+            name, part = DIAGNOSTICS[key][1], entry[DIAGNOSTICS[key][0]]
+            lines.append(f"{name:<{W}}{part['median']:>9.3f}{part['min']:>9.3f}"
+                         f"{part['max']:>9.3f}")
     for method, entry in (result.get("balancing_overhead") or {}).items():
         if isinstance(entry, dict) and "ratio" in entry:
             ratio = entry["ratio"]

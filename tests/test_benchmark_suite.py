@@ -87,6 +87,11 @@ def test_suite_runs_every_measurement_and_writes_its_keys(tmp_path: Path,
     for key in keys[:-1]:
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0
     assert "FAILED" not in process.stdout, process.stdout
+    # the diagnostics that split the two overheads
+    for key, part in (("train_step_overhead", "in_memory_ratio"),
+                      ("eval_overhead", "ratio_without_overlays")):
+        assert result[f"{key}_details"][part]["median"] > 0
+    assert "Lightning on in-memory batches" in process.stdout
     assert result["peak_rss_mb"] > 100  # a Python process with torch loaded
     assert result["mtl_vs_single_inference_speedup"] > 1.0  # one backbone instead of three
     scaling = result["scaling"]

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
+from mtl_lightning.callbacks.prediction_overlays import PredictionOverlays
+
 from .common import autocast_for, batches_in_memory, build_cli, spread, synchronize
 from .settings import Settings
 
@@ -55,24 +57,39 @@ def forward_seconds(model: Any, batches: list[dict], precision: str, device: str
 
 def eval_overhead(settings: Settings, device: str, config: Path,
                   args: list[str]) -> dict[str, Any]:
+    """The ratio, and the overlays' share of it: each round also validates with the
+    prediction overlays switched off (``ratio_without_overlays``), since drawing, PNG
+    files and W&B images are a logging choice rather than evaluation."""
     cli = build_cli(*args, config=config, device=device, logger=True)
     cli.datamodule.setup("validate")
     precision = str(cli.config.trainer.precision)
     batches = batches_in_memory(cli.datamodule.val_dataloader(), 10**6, device)
     timer = ValidationTimer(device)
     cli.trainer.callbacks.append(timer)
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)  # warm-up
-    forward_seconds(cli.model, batches, precision, device)
-    epoch_s, forward_s, ratios = [], [], []
-    for round_index in range(settings.rounds):
-        if round_index % 2 == 1:
-            forward = forward_seconds(cli.model, batches, precision, device)
+    overlays = [c for c in cli.trainer.callbacks if isinstance(c, PredictionOverlays)]
+    shown = [c.num_images for c in overlays]
+
+    def validate(with_overlays: bool) -> float:
+        for callback, count in zip(overlays, shown):
+            callback.num_images = count if with_overlays else 0
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
-        if round_index % 2 == 0:
-            forward = forward_seconds(cli.model, batches, precision, device)
-        epoch_s.append(timer.seconds[-1])
-        forward_s.append(forward)
-        ratios.append(timer.seconds[-1] / forward)
-    return {"ratio": spread(ratios), "epoch_s": spread(epoch_s),
-            "forward_s": spread(forward_s), "target": TARGET,
+        return timer.seconds[-1]
+
+    validate(True)  # warm-up
+    forward_seconds(cli.model, batches, precision, device)
+    seconds: dict[str, list[float]] = {"epoch": [], "without_overlays": [], "forward": []}
+    for round_index in range(settings.rounds):
+        order = ["epoch", "without_overlays", "forward"]
+        if round_index % 2:
+            order.reverse()
+        for side in order:
+            seconds[side].append(
+                forward_seconds(cli.model, batches, precision, device) if side == "forward"
+                else validate(side == "epoch"))
+    ratios = [e / f for e, f in zip(seconds["epoch"], seconds["forward"])]
+    without = [e / f for e, f in zip(seconds["without_overlays"], seconds["forward"])]
+    return {"ratio": spread(ratios), "ratio_without_overlays": spread(without),
+            "epoch_s": spread(seconds["epoch"]),
+            "epoch_without_overlays_s": spread(seconds["without_overlays"]),
+            "forward_s": spread(seconds["forward"]), "target": TARGET,
             "images": sum(len(b["image"]) for b in batches)}
