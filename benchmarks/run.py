@@ -74,8 +74,8 @@ def balancing_overhead(settings: Settings, device: str, config: Path,
                            rounds=rounds)
     if "skipped" in result:
         return result
-    return {method: {"ratio": values["ratio"], "target": values.get("target"),
-                     "family": values.get("family")}
+    return {method: {key: values[key] for key in ("ratio", "step_ms", "target", "family",
+                                                  "error") if key in values}
             for method, values in result["methods"].items()}
 
 
