@@ -112,6 +112,7 @@ class CocoMultiTaskDataset(Dataset):
         self.tasks = tuple(tasks)
         self.transforms = transforms
         self.max_image_pixels = max_image_pixels
+        self._cache: list[dict[str, Any]] | None = None  # see cache_in_memory
         coco = document if document is not None else load_and_validate(
             self.annotation_file, self.image_root, check_images=check_images,
             max_pixels=max_image_pixels, image_label_field=image_label_field,
@@ -221,7 +222,24 @@ class CocoMultiTaskDataset(Dataset):
             return target
         return torch.tensor(record.image_label if record.image_label is not None else -1)
 
+    def cache_in_memory(self) -> float:
+        """Decode every sample now and keep it (before the transforms): later reads skip
+        the file, the image decoding and the mask rasterising, about 0.8 of a 128 px
+        Scenes sample's 1.35 ms. Called in the main process before the loader's workers
+        start, so the forked workers share the decoded tensors instead of each decoding
+        their own. Costs about 65 KB per 128 px sample (image, mask, boxes). Returns the
+        megabytes held."""
+        self._cache = [self.decoded_sample(i) for i in range(len(self.records))]
+        return sum(tensor_bytes(sample) for sample in self._cache) / 2**20
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        # From the cache, a fresh structure each time: a consumer must not change the cached one
+        sample = (self.decoded_sample(index) if self._cache is None
+                  else copy_containers(self._cache[index]))
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def decoded_sample(self, index: int) -> dict[str, Any]:
+        """The sample of ``index`` as read from disk, before the transforms."""
         record = self.records[index]
         image = self.load_image(record)
         height, width = image.shape[-2:]
@@ -255,7 +273,28 @@ class CocoMultiTaskDataset(Dataset):
             "meta": {"image_id": record.image_id, "path": str(record.path),
                      "orig_size": (int(height), int(width))},
         }
-        return self.transforms(sample) if self.transforms is not None else sample
+        return sample
+
+
+def copy_containers(value: Any) -> Any:
+    """A copy of the dicts, lists and tuples of ``value``; tensors and other leaves are
+    shared (the transforms never change a tensor in place)."""
+    if isinstance(value, dict):
+        return {key: copy_containers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(copy_containers(item) for item in value)
+    return value
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested structure of dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
 
 
 def resolve_image_labels(

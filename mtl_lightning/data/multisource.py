@@ -315,6 +315,11 @@ class MultiSourceDataModule(MultiTaskDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(tasks=tuple(tasks) if tasks is not None else TASK_NAMES, **kwargs)
+        if self.cache_samples:
+            raise DataSourceError(
+                "data.cache_samples is not supported with data.sources (several sources are "
+                "read from their files each time); remove it, or use one COCO data module."
+            )
         if sampling_mode not in SamplingMode.__args__:
             raise DataSourceError(
                 f"data.sampling_mode is {sampling_mode!r}; use one of {SamplingMode.__args__}."

@@ -1,0 +1,85 @@
+"""``data.cache_samples``: samples decoded once at ``setup`` read back exactly as from disk,
+through the transforms and through loader workers, and a reader cannot change the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mtl_lightning.data import ScenesDataModule
+from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.multisource import DataSourceError, MultiSourceDataModule
+from tests.conftest import TINY_SCENES
+
+
+def assert_same_sample(got: dict, want: dict) -> None:
+    assert torch.equal(got["image"], want["image"])
+    assert got["has"] == want["has"] and got["meta"] == want["meta"]
+    for task, target in want["targets"].items():
+        if isinstance(target, dict):
+            for key, value in target.items():
+                assert torch.equal(got["targets"][task][key], value), (task, key)
+        else:
+            assert torch.equal(got["targets"][task], target), task
+
+
+@pytest.fixture(scope="module")
+def modules(scenes_root: Path) -> tuple[ScenesDataModule, ScenesDataModule]:
+    """The same tiny Scenes data, cached and read from disk."""
+    pair = []
+    for cache in (True, False):
+        data = ScenesDataModule(root=str(scenes_root), cache_samples=cache, **TINY_SCENES)
+        data.prepare_data()
+        data.setup()
+        pair.append(data)
+    return pair[0], pair[1]
+
+
+def test_setup_decodes_every_sample_once(modules) -> None:
+    cached, plain = modules
+    for split in ("train", "val", "test"):
+        assert len(cached.datasets[split]._cache) == len(cached.datasets[split])
+        assert plain.datasets[split]._cache is None
+
+
+def test_cached_samples_equal_samples_read_from_disk(modules) -> None:
+    cached, plain = modules
+    for index in range(len(plain.datasets["val"])):  # deterministic evaluation transforms
+        assert_same_sample(cached.datasets["val"][index], plain.datasets["val"][index])
+    torch.manual_seed(3)
+    augmented = [cached.datasets["train"][i] for i in range(6)]
+    torch.manual_seed(3)
+    for index, sample in enumerate(augmented):  # the same random flips
+        assert_same_sample(sample, plain.datasets["train"][index])
+
+
+def test_a_reader_cannot_change_the_cache(modules) -> None:
+    dataset = modules[0].datasets["val"]
+    index = next(i for i in range(len(dataset))
+                 if len(dataset[i]["targets"]["detection"]["labels"]))
+    first = dataset[index]
+    first["has"]["segmentation"] = not first["has"]["segmentation"]
+    first["meta"]["image_id"] = -1
+    first["targets"]["detection"]["labels"] = torch.zeros(0)
+    again = dataset[index]
+    assert again["has"]["segmentation"] != first["has"]["segmentation"]
+    assert again["meta"]["image_id"] != -1
+    assert len(again["targets"]["detection"]["labels"]) > 0
+
+
+def test_a_worker_reads_the_cache_it_inherits(modules) -> None:
+    cached, plain = modules
+    worker = DataLoader(cached.datasets["val"], batch_size=8, num_workers=1,
+                        collate_fn=collate_multitask)
+    in_process = DataLoader(plain.datasets["val"], batch_size=8, collate_fn=collate_multitask)
+    for got, want in zip(worker, in_process):
+        assert torch.equal(got["image"], want["image"])
+        assert torch.equal(got["targets"]["segmentation"], want["targets"]["segmentation"])
+
+
+def test_several_sources_refuse_the_cache(scenes_root: Path) -> None:
+    with pytest.raises(DataSourceError, match="cache_samples is not supported"):
+        MultiSourceDataModule(sources=[], cache_samples=True)
