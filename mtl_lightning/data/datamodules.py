@@ -82,9 +82,10 @@ class MultiTaskDataModule(LightningDataModule):
         translate: random translation as a fraction of the image (training).
         color_jitter: brightness/contrast/saturation jitter strength (training).
         predict_images: a folder of images for ``predict``.
-        cache_samples: decode every sample of every split once, at ``setup``, and keep it in
-            memory (before the random transforms); loader workers share it. About 65 KB per
-            128 px sample (image, mask, boxes), so meant for data sets that fit in RAM.
+        cache_samples: decode every sample of a split once, when its first loader is made,
+            and keep it in memory (before the random transforms); loader workers share it.
+            About 65 KB per 128 px sample (image, mask, boxes), so meant for data sets that
+            fit in RAM.
     """
 
     def __init__(
@@ -129,10 +130,11 @@ class MultiTaskDataModule(LightningDataModule):
         """Whether ``setup`` produced a ``split`` dataset (a COCO test set is optional)."""
         return split in self.datasets
 
-    def _cache(self, split: str, dataset: CocoMultiTaskDataset) -> None:
-        """With ``cache_samples``, decode the split's samples now (see
-        :meth:`CocoMultiTaskDataset.cache_in_memory`)."""
-        if not self.cache_samples:
+    def _cache(self, split: str, dataset: Dataset) -> None:
+        """With ``cache_samples``, decode the split's samples now, once (see
+        :meth:`CocoMultiTaskDataset.cache_in_memory`). Called when the split's first loader
+        is made: before its workers fork, and never for a split that is not read."""
+        if not self.cache_samples or getattr(dataset, "_cache", True) is not None:
             return
         start = time.perf_counter()
         megabytes = dataset.cache_in_memory()
@@ -151,6 +153,7 @@ class MultiTaskDataModule(LightningDataModule):
                 f"The data has no '{split}' split: give the data module a {split} set "
                 f"(for COCO data: data.{split}_annotations and data.{split}_images)."
             )
+        self._cache(split, self.datasets[split])
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
@@ -254,7 +257,6 @@ class ScenesDataModule(MultiTaskDataModule):
                 self.dataset_dir / f"{split}.json", self.dataset_dir / split,
                 tasks=self.tasks, transforms=transforms,
             )
-            self._cache(split, self.datasets[split])
 
 
 class CocoDataModule(MultiTaskDataModule):
@@ -403,7 +405,6 @@ class CocoDataModule(MultiTaskDataModule):
                 document=validated[annotation_file],
             )
             self._check_classes(split, self.datasets[split])
-            self._cache(split, self.datasets[split])
 
     def _check_classes(self, split: str, dataset: CocoMultiTaskDataset) -> None:
         if dataset.category_names != self.category_names:

@@ -34,15 +34,29 @@ def modules(scenes_root: Path) -> tuple[ScenesDataModule, ScenesDataModule]:
         data = ScenesDataModule(root=str(scenes_root), cache_samples=cache, **TINY_SCENES)
         data.prepare_data()
         data.setup()
+        for split in ("train", "val", "test"):
+            data._loader(split, shuffle=False, batch_size=8)
         pair.append(data)
     return pair[0], pair[1]
 
 
-def test_setup_decodes_every_sample_once(modules) -> None:
-    cached, plain = modules
-    for split in ("train", "val", "test"):
-        assert len(cached.datasets[split]._cache) == len(cached.datasets[split])
-        assert plain.datasets[split]._cache is None
+def test_a_split_is_decoded_when_its_first_loader_is_made(scenes_root: Path) -> None:
+    data = ScenesDataModule(root=str(scenes_root), cache_samples=True, **TINY_SCENES)
+    data.prepare_data()
+    data.setup()
+    assert all(data.datasets[split]._cache is None for split in ("train", "val", "test"))
+    data.val_dataloader()
+    cache = data.datasets["val"]._cache
+    assert len(cache) == len(data.datasets["val"])
+    data.val_dataloader()
+    assert data.datasets["val"]._cache is cache  # once
+    assert data.datasets["train"]._cache is None  # a split that is not read is not decoded
+
+
+def test_without_the_option_nothing_is_cached(modules) -> None:
+    plain = modules[1]
+    plain.val_dataloader()
+    assert plain.datasets["val"]._cache is None
 
 
 def test_cached_samples_equal_samples_read_from_disk(modules) -> None:
