@@ -84,8 +84,8 @@ class MultiTaskDataModule(LightningDataModule):
         predict_images: a folder of images for ``predict``.
         cache_samples: decode every sample of a split once, when its first loader is made,
             and keep it in memory (before the random transforms); loader workers share it.
-            About 65 KB per 128 px sample (image, mask, boxes), so meant for data sets that
-            fit in RAM.
+            About 65 KB per 128 px sample (image, mask, boxes), held once per DDP process, so
+            meant for data sets that fit in RAM.
     """
 
     def __init__(
@@ -134,7 +134,8 @@ class MultiTaskDataModule(LightningDataModule):
         """With ``cache_samples``, decode the split's samples now, once (see
         :meth:`CocoMultiTaskDataset.cache_in_memory`). Called when the split's first loader
         is made: before its workers fork, and never for a split that is not read."""
-        if not self.cache_samples or getattr(dataset, "_cache", True) is not None:
+        cacheable = isinstance(dataset, CocoMultiTaskDataset)  # not the predict folder
+        if not self.cache_samples or not cacheable or dataset._cache is not None:
             return
         start = time.perf_counter()
         megabytes = dataset.cache_in_memory()
