@@ -30,22 +30,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from mtl_lightning.data import masks
+from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.data.image_labels import ImageLabels, image_class_names, resolve_image_labels
+from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ensure_inside, load_rgb
 from mtl_lightning.data.validation import DataError, load_and_validate
 
 TASK_NAMES = ("classification", "segmentation", "detection")
-IGNORE_INDEX = 255
+
+# Re-exported: the data modules import them from here.
+__all__ = ["IGNORE_INDEX", "TASK_NAMES", "CocoMultiTaskDataset", "ImageLabels", "ImageRecord",
+           "image_class_names", "resolve_image_labels", "segmentation_category_ids"]
 
 
-ImageLabels = Literal["auto", "field", "derived", "off"]
+def segmentation_category_ids(category_ids: list[int]) -> list[int | None]:
+    """The original id of each segmentation class: background first, then the categories.
+
+    Background is written as category id 0 unless a real category has id 0 (as in 0-based
+    files), in which case it is ``None`` (``null`` in predict's JSON): a class must never share
+    the background's id.
+    """
+    return [None if 0 in category_ids else 0, *category_ids]
 
 
 @dataclass
@@ -65,18 +77,6 @@ class ImageRecord:
     labelled_tasks: frozenset[str] = frozenset(TASK_NAMES)
 
 
-def _decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """Polygon list, uncompressed RLE or compressed RLE -> bool [H, W] (pycocotools)."""
-    if isinstance(segmentation, list):
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        rle = mask_utils.merge(rles)
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle).astype(bool)
-
-
 class CocoMultiTaskDataset(Dataset):
     """Samples ``{"image", "targets": {task: ...}, "has": {task: bool}, "meta"}`` from COCO.
 
@@ -92,6 +92,8 @@ class CocoMultiTaskDataset(Dataset):
         check_images: check every image file up front (exists, decodable header, size).
         document: an already validated and cleaned document of ``annotation_file`` (several
             splits of one file share a single validation).
+        allow_outside_images: read images whose path resolves outside ``image_root`` (by
+            default such entries are dropped by validation, and refused when read).
     """
 
     def __init__(
@@ -106,16 +108,19 @@ class CocoMultiTaskDataset(Dataset):
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         check_images: bool = True,
         document: dict[str, Any] | None = None,
+        allow_outside_images: bool = False,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_root = Path(image_root)
         self.tasks = tuple(tasks)
         self.transforms = transforms
         self.max_image_pixels = max_image_pixels
+        self.allow_outside_images = allow_outside_images
         self._cache: list[dict[str, Any]] | None = None  # see cache_in_memory
         coco = document if document is not None else load_and_validate(
             self.annotation_file, self.image_root, check_images=check_images,
             max_pixels=max_image_pixels, image_label_field=image_label_field,
+            image_labels=image_labels, allow_outside_images=allow_outside_images,
         )
         categories = sorted(coco["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in categories]
@@ -123,7 +128,8 @@ class CocoMultiTaskDataset(Dataset):
         index_of = {cid: i for i, cid in enumerate(self.category_ids)}
         self.image_labels = resolve_image_labels(coco, image_labels, image_label_field)
         self.image_class_names = image_class_names(coco, self.image_labels, image_label_field,
-                                                   self.category_names)
+                                                   self.category_names,
+                                                   str(self.annotation_file))
         by_image: dict[int, list[dict[str, Any]]] = {}
         for annotation in coco.get("annotations", []):
             by_image.setdefault(int(annotation["image_id"]), []).append(annotation)
@@ -206,14 +212,20 @@ class CocoMultiTaskDataset(Dataset):
         without a usable mask."""
         mask = np.zeros((record.height, record.width), dtype=np.uint8)
         for segmentation, value in record.segmentations:
-            mask[_decode_segmentation(segmentation, record.height, record.width)] = value
+            mask[masks.decode(segmentation, record.height, record.width)] = value
         for x0, y0, x1, y1 in record.ignore_boxes:
             mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = IGNORE_INDEX
         return mask
 
     def load_image(self, record: ImageRecord) -> torch.Tensor:
-        """uint8 RGB [3, H, W], EXIF orientation applied; any format, depth or mode."""
-        return load_rgb(record.path, self.max_image_pixels, context=f"image id {record.image_id}")
+        """uint8 RGB [3, H, W], EXIF orientation applied; any format, depth or mode.
+
+        The path is checked again here, when it is read: a symlink changed after validation
+        still cannot lead outside the images folder."""
+        if not self.allow_outside_images:
+            ensure_inside(self.image_root, record.path)
+        return load_rgb(record.path, self.max_image_pixels,
+                        context=f"image id {record.image_id}")
 
     def _classification_target(self, record: ImageRecord) -> torch.Tensor:
         if self.multilabel:
@@ -295,42 +307,3 @@ def tensor_bytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(tensor_bytes(item) for item in value)
     return 0
-
-
-def resolve_image_labels(
-    coco: dict[str, Any], mode: ImageLabels, image_label_field: str
-) -> ImageLabels:
-    """``auto`` -> ``field`` when any image carries the field, else ``derived`` (``off`` when
-    there is a single category: "which categories are present" would then be one class)."""
-    if mode not in ("auto", "field", "derived", "off"):
-        raise ValueError(
-            f"image_labels must be auto, field, derived or off, got '{mode}'."
-        )
-    if mode == "derived" and len(coco["categories"]) < 2:
-        raise DataError(
-            "image_labels=derived needs at least 2 categories (it labels which are present); "
-            "use image_labels=off or field."
-        )
-    if mode != "auto":
-        return mode
-    has_field = any(image_label_field in image for image in coco["images"])
-    if has_field:
-        return "field"
-    return "derived" if len(coco["categories"]) > 1 else "off"
-
-
-def image_class_names(
-    coco: dict[str, Any], mode: ImageLabels, image_label_field: str, category_names: list[str]
-) -> list[str]:
-    """Names of the image-level classes: ``image_categories``, the names found in the field,
-    or (``derived``) the object categories."""
-    if mode == "derived":
-        return list(category_names)
-    if mode == "off":
-        return []
-    if coco.get("image_categories"):
-        return [str(c["name"]) for c in sorted(coco["image_categories"], key=lambda c: c["id"])]
-    values = {image[image_label_field] for image in coco["images"] if image_label_field in image}
-    if all(isinstance(v, str) for v in values):
-        return sorted(values)
-    return [str(i) for i in range(int(max(values, default=-1)) + 1)]

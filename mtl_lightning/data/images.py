@@ -229,6 +229,40 @@ def _decode_pil(image: Image.Image, where: str) -> torch.Tensor:
     return _sixteen_bit_grey(upright, where)
 
 
+class ImageOutsideFolderError(ImageDecodeError):
+    """An annotation file names an image outside its images folder (and that is not allowed)."""
+
+
+def image_path(root: str | Path, file_name: str, allow_outside: bool = False) -> Path:
+    """``root / file_name``, refused when it resolves outside ``root``.
+
+    An annotation file is data, not a list of files the process may read: an absolute
+    ``file_name``, a ``../`` one, or a symlink inside the folder pointing elsewhere could
+    make training (and the overlays it writes) read any file the user can. The path is
+    resolved with its symlinks and must stay inside the resolved ``root``, unless
+    ``allow_outside`` (``data.allow_outside_images``) says the user means it.
+
+    Raises:
+        ImageOutsideFolderError: the path leaves ``root`` and ``allow_outside`` is off.
+    """
+    path = Path(root) / file_name
+    if not allow_outside:
+        ensure_inside(root, path)
+    return path
+
+
+def ensure_inside(root: str | Path, path: str | Path) -> None:
+    """Raise ``ImageOutsideFolderError`` unless ``path`` resolves (symlinks followed) inside
+    the resolved ``root`` (see :func:`image_path`)."""
+    resolved, folder = Path(path).resolve(), Path(root).resolve()
+    if not resolved.is_relative_to(folder):
+        raise ImageOutsideFolderError(
+            f"The image '{path}' resolves to '{resolved}', outside the images folder "
+            f"'{folder}'; move the file into that folder, or set allow_outside_images true "
+            "(data.allow_outside_images) if reading it there is intended."
+        )
+
+
 def read_image_size(path: str | Path, context: str = "") -> tuple[int, int]:
     """(height, width) as :func:`load_rgb` will return it, from the header only.
 

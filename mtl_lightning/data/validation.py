@@ -37,18 +37,29 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
-from pycocotools import mask as mask_utils
 
-from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, read_image_size
+from mtl_lightning.data import masks
+from mtl_lightning.data.errors import DataError
+from mtl_lightning.data.image_labels import (
+    ImageLabels,
+    declared_classes,
+    image_class_names,
+    resolve_image_labels,
+    unusable_labels,
+)
+from mtl_lightning.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    ImageOutsideFolderError,
+    image_path,
+    load_rgb,
+    read_image_size,
+)
 
 SMALL_AREA = 32**2  # COCO's small/medium/large thresholds, in box area (pixels^2)
 LARGE_AREA = 96**2
 CLIP_TOLERANCE = 0.01  # pixels a box may overshoot the image by before it is reported
 LISTED_IDS = 5  # how many ids a summary or an aggregated message lists
-
-
-class DataError(ValueError):
-    """A fatal problem in the data, described in one sentence (file, entry, what to do)."""
 
 
 class DataWarning(UserWarning):
@@ -123,6 +134,24 @@ KINDS: dict[str, _Kind] = {
                                "annotation"),
     "bad_segmentation": _Kind("malformed mask (box kept, mask ignored)",
                               "malformed masks (box kept, mask ignored)", "annotation"),
+    "bad_rle": _Kind("RLE mask whose counts do not decode to the image (box kept as ignore)",
+                     "RLE masks whose counts do not decode to the image (boxes kept as ignore)",
+                     "annotation"),
+    "polygon_far_outside": _Kind("mask with polygons far outside the image",
+                                 "masks with polygons far outside the image", "annotation"),
+    "image_outside_folder": _Kind("image outside the images folder",
+                                  "images outside the images folder", "image"),
+    "undecodable_image": _Kind("image whose pixels do not decode (truncated or corrupt)",
+                               "images whose pixels do not decode (truncated or corrupt)",
+                               "image"),
+    "bad_image_label": _Kind("unusable image label (image kept, unlabelled for classification)",
+                             "unusable image labels (images kept, unlabelled for "
+                             "classification)", "image"),
+    "mixed_image_labels": _Kind("image labels mixing names and numbers",
+                                "image labels mixing names and numbers", ""),
+    "image_labels": _Kind("unusable image_labels setting", "unusable image_labels setting", ""),
+    "no_labels": _Kind("nothing to train on", "nothing to train on", ""),
+    "task_without_labels": _Kind("task without labels", "tasks without labels", ""),
     "duplicate_image_id": _Kind("duplicate image ids", "duplicate image ids", ""),
     "duplicate_category": _Kind("duplicate category ids or names",
                                 "duplicate category ids or names", ""),
@@ -158,6 +187,11 @@ class DataReport:
             ``large`` (> 96^2) counts.
         problems: every problem, in the order found.
         annotations_of_dropped_images: annotations removed because their image was dropped.
+        image_labels: the image labels ``fit`` uses, in words (mode, field, classes).
+        crowd_regions: ``iscrowd`` annotations kept (ignored in the semantic mask, crowd
+            regions for mAP).
+        empty_categories: names of the categories no kept annotation uses.
+        tasks_with_labels: the tasks this file has labels for (what ``fit`` can train).
     """
 
     annotation_file: str
@@ -168,6 +202,10 @@ class DataReport:
     box_sides: dict[str, float]
     problems: list[Problem] = field(default_factory=list)
     annotations_of_dropped_images: int = 0
+    image_labels: str = ""
+    crowd_regions: int = 0
+    empty_categories: list[str] = field(default_factory=list)
+    tasks_with_labels: list[str] = field(default_factory=list)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -228,6 +266,15 @@ class DataReport:
         width = max((len(name) for name in self.annotations_per_category), default=0)
         lines += [f"  {name:<{width}}  {count}"
                   for name, count in self.annotations_per_category.items()]
+        if self.image_labels:
+            lines.append(f"image labels: {self.image_labels}")
+        if self.empty_categories:
+            lines.append(f"categories with no annotation: {len(self.empty_categories)} "
+                         f"({_listing(self.empty_categories)})")
+        lines.append(f"crowd regions (iscrowd=1, ignored in masks, crowd for mAP): "
+                     f"{self.crowd_regions}")
+        lines.append("tasks with labels (what fit can train from this file): "
+                     + (", ".join(self.tasks_with_labels) or "none"))
         lines.append("images usable per task:")
         lines += [f"  {task:<{max(map(len, self.task_coverage))}}  {count} / {self.num_images}"
                   for task, count in self.task_coverage.items()]
@@ -342,20 +389,6 @@ def _no_mask(segmentation: Any) -> bool:
     return segmentation is None or (isinstance(segmentation, (list, dict)) and not segmentation)
 
 
-def _is_polygon(polygon: Any) -> bool:
-    return (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
-            and _all_numbers(polygon))
-
-
-def _to_rle(segmentation: Any, height: int, width: int) -> Any:
-    """Polygons, uncompressed or compressed RLE -> one pycocotools RLE."""
-    if isinstance(segmentation, list):
-        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation["counts"], list):
-        return mask_utils.frPyObjects(segmentation, height, width)
-    return segmentation
-
-
 def _declared_size(image: dict) -> tuple[int, int] | None:
     """(height, width) from ``images[]`` when both are positive whole numbers."""
     height, width = image.get("height"), image.get("width")
@@ -374,11 +407,14 @@ def _known_tasks() -> tuple[str, ...]:
 class _Cleaner:
     """Holds the options and the growing problem list while one document is cleaned."""
 
-    def __init__(self, name: str, image_root: Path, check_images: bool, max_pixels: int) -> None:
+    def __init__(self, name: str, image_root: Path, check_images: bool, max_pixels: int,
+                 decode_images: bool = False, allow_outside_images: bool = False) -> None:
         self.name = name
         self.image_root = image_root
         self.check_images = check_images
         self.max_pixels = max_pixels
+        self.decode_images = decode_images
+        self.allow_outside_images = allow_outside_images
         self.problems: list[Problem] = []
 
     def add(self, kind: str, action: str, message: str, image_id: int | None = None,
@@ -449,10 +485,17 @@ class _Cleaner:
             self.add(kind, "dropped", f"{what} {text}; dropped it{with_annotations}.",
                      image_id=image_id)
 
+        try:  # always, even without check_images: reads must stay in the images folder
+            path = image_path(self.image_root, file_name, self.allow_outside_images)
+        except ImageOutsideFolderError:
+            drop("image_outside_folder",
+                 f"resolves to '{Path(self.image_root, file_name).resolve()}', outside the "
+                 f"images folder '{self.image_root.resolve()}' (set allow_outside_images true "
+                 "if reading it there is intended)")
+            return None
         declared = _declared_size(image)
         real: tuple[int, int] | None = None
-        if self.check_images or declared is None:
-            path = self.image_root / file_name
+        if self.check_images or self.decode_images or declared is None:
             if not path.is_file():
                 drop("missing_image", f"has no file at '{path}'")
                 return None
@@ -488,6 +531,15 @@ class _Cleaner:
                  f"has {height * width} pixels, over the limit of {self.max_pixels}; resize it "
                  "or raise max_image_pixels")
             return None
+        if self.decode_images:  # every pixel, as training will: a truncated body shows here
+            try:
+                load_rgb(path, self.max_pixels)
+            except ImageDecodeError as error:
+                cause = str(error.__cause__ or error).strip().splitlines() or [""]
+                drop("undecodable_image", f"has a readable header but its pixels do not decode "
+                     f"({cause[-1].rstrip('.')[:160]}): the file '{path}' is truncated or "
+                     "corrupt, replace it")
+                return None
         return entry
 
     # -- annotations --------------------------------------------------------------------------
@@ -592,46 +644,65 @@ class _Cleaner:
         if _no_mask(segmentation):
             return None  # box-only annotation: not a problem
         if isinstance(segmentation, list):
-            polygons = [list(p) for p in segmentation if _is_polygon(p)]
-            if not polygons:
-                report("no_valid_polygon", "repaired",
-                       "has no polygon of 3 or more points; removed its mask (its box is "
-                       "ignored in the semantic mask)")
-                return None
-            if len(polygons) < len(segmentation):
-                report("bad_polygon", "repaired",
-                       f"has {len(segmentation) - len(polygons)} polygon(s) of fewer than 3 "
-                       "points or with an odd or non-numeric coordinate list; removed them")
-            return polygons
+            return self._polygons(segmentation, height, width, report)
         if isinstance(segmentation, dict):
-            size, counts = segmentation.get("size"), segmentation.get("counts")
-            well_formed = (isinstance(size, list) and len(size) == 2 and all(map(_is_int, size))
-                           and (isinstance(counts, str) or (
-                               isinstance(counts, list) and all(map(_is_int, counts))
-                               and sum(counts) == size[0] * size[1])))
-            if not well_formed:
+            problem = masks.rle_problem(segmentation, height, width)
+            if problem is None:
+                return copy.deepcopy(segmentation)
+            if problem.kind == "malformed":
                 report("bad_segmentation", "repaired",
-                       "has a malformed RLE mask (needs 'size' [height, width] and 'counts' "
-                       "summing to height*width); removed it (its box is ignored in the "
-                       "semantic mask)")
-                return None
-            if list(size) != [height, width]:
-                report("rle_size_mismatch", "repaired",
-                       f"has an RLE mask of size {size} but the image is {[height, width]} "
-                       "(height, width); removed the mask (its box is ignored in the semantic "
+                       f"has a malformed RLE mask {problem.reason} (needs 'size' [height, "
+                       "width] and 'counts'); removed it (its box is ignored in the semantic "
                        "mask)")
-                return None
-            return copy.deepcopy(segmentation)
+            elif problem.kind == "size":
+                report("rle_size_mismatch", "repaired",
+                       f"has an RLE mask {problem.reason}; removed the mask (its box is ignored "
+                       "in the semantic mask)")
+            else:
+                report("bad_rle", "dropped",
+                       f"has an RLE mask {problem.reason}; dropped the mask (its box is "
+                       "ignored in the semantic mask)")
+            return None
         report("bad_segmentation", "repaired",
                f"has a segmentation of type {type(segmentation).__name__}, neither polygons nor "
                "RLE; removed it (its box is ignored in the semantic mask)")
         return None
 
     @staticmethod
+    def _polygons(segmentation: list, height: int, width: int, report: Any) -> list | None:
+        """The usable polygons of a mask (see ``masks``), ``None`` when none is left."""
+        usable = [p for p in segmentation if masks.polygon_points_ok(p)]
+        malformed = len(segmentation) - len(usable)
+        polygons, far = [], []  # far: the farthest coordinate of each far-outside polygon
+        for polygon in usable:
+            reach = masks.polygon_reach(polygon, height, width)
+            if reach is None:
+                polygons.append(list(polygon))
+            else:
+                far.append(reach)
+        if far:
+            report("polygon_far_outside", "dropped",
+                   f"has {len(far)} polygon(s) reaching coordinate {max(far, key=abs):g}, more "
+                   f"than {masks.POLYGON_MARGIN} image sizes outside the {width}x{height} "
+                   "image (the COCO API would rasterise it for minutes or crash); dropped "
+                   + ("them" if polygons else "its mask (its box is ignored in the semantic "
+                      "mask)"))
+        if not polygons:
+            if not far:
+                report("no_valid_polygon", "repaired",
+                       "has no polygon of 3 or more points; removed its mask (its box is "
+                       "ignored in the semantic mask)")
+            return None
+        if malformed:
+            report("bad_polygon", "repaired",
+                   f"has {malformed} polygon(s) of fewer than 3 points or with an odd or "
+                   "non-numeric coordinate list; removed them")
+        return polygons
+
+    @staticmethod
     def _box_from_mask(segmentation: Any, height: int, width: int) -> list[float] | None:
         """The mask's [x, y, w, h] (pycocotools ``toBbox``), ``None`` for an empty mask."""
-        box = [float(v) for v in mask_utils.toBbox(_to_rle(segmentation, height, width))]
-        return box if box[2] > 0 and box[3] > 0 else None
+        return masks.mask_box(segmentation, height, width)
 
     @staticmethod
     def _clip(box: list[float], height: int, width: int) -> list[float] | None:
@@ -650,7 +721,7 @@ class _Cleaner:
 
 
 def _task_coverage(images: dict[int, dict], annotations: list[dict],
-                   image_label_field: str | None) -> dict[str, int]:
+                   labels: _ImageLabelInfo) -> dict[str, int]:
     """Images usable per task (see ``DataReport.task_coverage``)."""
     tasks = _known_tasks()
     without_mask = {a["image_id"] for a in annotations if not a.get("iscrowd")
@@ -667,12 +738,87 @@ def _task_coverage(images: dict[int, dict], annotations: list[dict],
             coverage["detection"] += 1
         if "segmentation" in labelled_for and image_id not in without_mask:
             coverage["segmentation"] += 1
-        if ("classification" in labelled_for and image_label_field is not None
-                and image.get(image_label_field) is not None):
+        if "classification" in labelled_for and labels.labels(image):
             coverage["classification"] += 1
     if listed:
         coverage.update({f"labelled_tasks:{task}": listed[task] for task in tasks})
     return coverage
+
+
+class _ImageLabelInfo(NamedTuple):
+    """The image labels ``fit`` will use: the resolved mode, the field and the classes."""
+
+    mode: str  # "field" | "derived" | "off"
+    field: str | None
+    classes: list[str]
+
+    def labels(self, image: dict) -> bool:
+        """Whether ``image`` (cleaned) gets a classification label in this mode."""
+        if self.mode == "derived":
+            return True  # "none of the categories present" is a label too
+        return self.mode == "field" and image.get(self.field) is not None
+
+    def describe(self) -> str:
+        """'derived: multi-label over ...' / 'field 'x': 3 classes (...)' / 'off (...)'."""
+        shown = _listing(self.classes)
+        if self.mode == "derived":
+            return (f"derived (multi-label: which of the {len(self.classes)} categories are "
+                    "present in the image)")
+        if self.mode == "field":
+            return f"field '{self.field}', {len(self.classes)} classes ({shown})"
+        return "off (no image-label field, and fewer than 2 categories to derive them from)"
+
+
+def _image_labels(document: dict, images: dict[int, dict], mode: str,
+                  field: str | None, cleaner: _Cleaner) -> _ImageLabelInfo:
+    """Resolve ``mode`` as the data module does, drop unusable label values (from the
+    cleaned ``images``) and report mixed names and numbers as fatal."""
+    if field is None:
+        return _ImageLabelInfo("off", None, [])
+    try:
+        resolved = resolve_image_labels(document, mode, field)  # type: ignore[arg-type]
+    except DataError as error:
+        cleaner.add("image_labels", "fatal", f"{error}")
+        return _ImageLabelInfo("off", field, [])
+    names = [str(c["name"]) for c in sorted(document["categories"], key=lambda c: c["id"])]
+    if resolved != "field":
+        return _ImageLabelInfo(resolved, field, names if resolved == "derived" else [])
+    declared = declared_classes(document)
+    allowed = (f"a name or index of image_categories ({_listing(declared)})"
+               if declared is not None else "a class name or a whole number >= 0")
+    for image_id, value in unusable_labels(document, field):
+        if image_id in images:
+            images[image_id].pop(field, None)
+            cleaner.add("bad_image_label", "dropped",
+                        f"image {image_id} has {field} = {value!r}, which is not {allowed}; "
+                        "dropped the label (the image is unlabelled for classification).",
+                        image_id=image_id, value=value)
+    try:
+        classes = image_class_names(document, "field", field, names)
+    except DataError as error:
+        cleaner.add("mixed_image_labels", "fatal", f"{error}")
+        return _ImageLabelInfo("field", field, [])
+    return _ImageLabelInfo("field", field, classes)
+
+
+def _tasks_with_labels(annotations: list[dict], labels: _ImageLabelInfo,
+                       coverage: dict[str, int]) -> dict[str, str | None]:
+    """Task -> ``None`` when the file has labels for it, else why it has none."""
+    objects = [a for a in annotations if not a.get("iscrowd")]
+    why: dict[str, str | None] = {
+        "detection": None if objects else "no object annotation is left",
+        "segmentation": None if any("segmentation" in a for a in objects) else
+        "no object annotation with a usable mask is left",
+    }
+    if labels.mode == "off":
+        why["classification"] = "image labels are off"
+    elif labels.mode == "derived":
+        why["classification"] = (None if objects else
+                                 "no object annotation is left to derive image labels from")
+    else:
+        why["classification"] = (None if coverage.get("classification") else
+                                 f"no image has a usable '{labels.field}'")
+    return why
 
 
 def _box_sides(annotations: list[dict]) -> dict[str, float]:
@@ -702,6 +848,10 @@ def validate_coco(
     check_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     image_label_field: str | None = "image_label",
+    image_labels: ImageLabels = "auto",
+    decode_images: bool = False,
+    allow_outside_images: bool = False,
+    tasks: tuple[str, ...] | None = None,
 ) -> tuple[dict, DataReport]:
     """Return a cleaned deep copy of a COCO document and the report of what was found.
 
@@ -709,29 +859,43 @@ def validate_coco(
         document: the parsed COCO JSON (not mutated).
         image_root: folder the ``file_name`` entries are relative to.
         annotation_file: the file's name, used in every message.
-        check_images: check each image file (exists, is an image, under ``max_pixels``, has
-            the declared size); when off only images without width/height are read.
+        check_images: check each image file's header (exists, is an image, under
+            ``max_pixels``, has the declared size); when off only images without
+            width/height are read. Whether a path stays inside ``image_root`` is always
+            checked.
         max_pixels: largest image (height * width) kept.
         image_label_field: the ``images[]`` field holding the image-level label (``None``:
-            no classification labels), counted for ``task_coverage``.
+            no classification labels).
+        image_labels: ``auto`` | ``field`` | ``derived`` | ``off``, resolved as the data
+            module does (``image_labels.resolve_image_labels``).
+        decode_images: decode every image's pixels (not only its header), so a truncated
+            file is found now; ``check-data`` does this for small data sets or on request.
+        allow_outside_images: keep images whose path resolves outside ``image_root``.
+        tasks: tasks the user asked for; one the file has no labels for is fatal. ``None``:
+            only a file with nothing to learn from at all is fatal.
 
     Fatal problems are reported (``report.fatal``), not raised: see ``DataReport.raise_if_fatal``.
     """
     name = annotation_file or "the annotation document"
     check_structure(document, name)
-    cleaner = _Cleaner(name, Path(image_root), check_images, max_pixels)
+    cleaner = _Cleaner(name, Path(image_root), check_images, max_pixels, decode_images,
+                       allow_outside_images)
     categories = cleaner.categories(document["categories"])
     annotations_in = document.get("annotations", [])
     annotation_count = Counter(a["image_id"] for a in annotations_in)
     images = cleaner.images(document["images"], annotation_count)
     all_image_ids = {image["id"] for image in document["images"]}
     annotations = cleaner.annotations(annotations_in, images, categories, all_image_ids)
+    labels = _image_labels(document, images, image_labels, image_label_field, cleaner)
     if not images:
         cleaner.add("no_images", "fatal",
                     f"no trainable images in {name}: "
                     + ("it lists no images" if not document["images"] else
                        f"all {len(document['images'])} images were dropped (see the problems)")
                     + "; fix the image paths or the file.")
+    coverage = _task_coverage(images, annotations, labels)
+    why_not = _tasks_with_labels(annotations, labels, coverage)
+    _fatal_without_labels(cleaner, name, images, annotations_in, categories, why_not, tasks)
     cleaned = {key: copy.deepcopy(value) for key, value in document.items()
                if key not in ("images", "annotations")}
     cleaned["images"] = list(images.values())
@@ -742,14 +906,43 @@ def validate_coco(
         num_images=len(images),
         num_annotations=len(annotations),
         annotations_per_category={n: per_category[i] for i, n in categories.items()},
-        task_coverage=_task_coverage(images, annotations, image_label_field),
+        task_coverage=coverage,
         box_sides=_box_sides(annotations),
         problems=cleaner.problems,
         annotations_of_dropped_images=sum(
             n for image_id, n in annotation_count.items()
             if image_id in all_image_ids and image_id not in images),
+        image_labels=labels.describe(),
+        crowd_regions=sum(1 for a in annotations if a.get("iscrowd")),
+        empty_categories=[n for i, n in categories.items() if not per_category[i]],
+        tasks_with_labels=[t for t, reason in why_not.items() if reason is None],
     )
     return cleaned, report
+
+
+def _fatal_without_labels(cleaner: _Cleaner, name: str, images: dict[int, dict],
+                          annotations_in: list[dict], categories: dict[int, str],
+                          why_not: dict[str, str | None], tasks: tuple[str, ...] | None) -> None:
+    """Nothing to learn from (no task has labels) is fatal; so is a requested task without."""
+    if not images:
+        return  # already fatal, for a clearer reason
+    # Annotations of the kept images (those of dropped images are counted with the image).
+    kept_images_had = sum(1 for a in annotations_in if a["image_id"] in images)
+    if all(reason is not None for reason in why_not.values()) and (
+            kept_images_had or not categories):
+        given = (f"every one of its {kept_images_had} annotations was dropped (see the "
+                 "problems)" if kept_images_had else "it has no annotations")
+        classes = "" if categories else " and no categories"
+        cleaner.add("no_labels", "fatal",
+                    f"nothing to train on in {name}: {given}{classes}, and no image has an "
+                    "image label; fix the file (category ids, masks, boxes) or use another.")
+        return
+    for task in tasks or ():
+        reason = why_not.get(task)
+        if reason is not None:
+            cleaner.add("task_without_labels", "fatal",
+                        f"{name} has no labels for the '{task}' task ({reason}); label it, or "
+                        f"leave '{task}' out of data.tasks and model.tasks.", value=task)
 
 
 def load_and_validate(
@@ -758,15 +951,21 @@ def load_and_validate(
     check_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     image_label_field: str | None = "image_label",
+    image_labels: ImageLabels = "auto",
+    allow_outside_images: bool = False,
+    tasks: tuple[str, ...] | None = None,
 ) -> dict:
     """Load, validate and clean a COCO file for a dataset: fatal -> ``DataError``, else warn once.
 
     The one summary line (``DataReport.summary``) is warned as a ``DataWarning`` on rank 0 when
     anything was repaired or dropped; ``mtl-lightning check-data`` prints the full report.
+    The options are those of :func:`validate_coco`.
     """
     document = load_coco_json(annotation_file)
-    cleaned, report = validate_coco(document, image_root, str(annotation_file), check_images,
-                                    max_pixels, image_label_field)
+    cleaned, report = validate_coco(
+        document, image_root, str(annotation_file), check_images, max_pixels,
+        image_label_field, image_labels=image_labels,
+        allow_outside_images=allow_outside_images, tasks=tasks)
     report.raise_if_fatal()
     if report.problems:
         rank_zero_warn(report.summary() + " Run `mtl-lightning check-data` for details.",
