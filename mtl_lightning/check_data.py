@@ -11,9 +11,16 @@ the single ``annotations`` / ``images`` pair of a file split by fraction (a ``da
 that is a path to a YAML file is read too, relative to the config first).
 A data module without such keys (Scenes, generated) has nothing to check.
 
-It prints the full report of every file (images, annotations per category, images usable per
-task, box sizes, every problem) and exits 1 when a file has a fatal problem, else 0; the
-problems training would repair or drop are listed but do not fail the check.
+It prints the full report of every file (images, annotations per category, the image labels
+``fit`` will use, empty categories, crowd regions, the tasks the file has labels for, images
+usable per task, box sizes, every problem) and exits 1 when a file has a fatal problem, else
+0; the problems training would repair or drop are listed but do not fail the check.
+
+It decides as ``fit`` does: the data module's ``image_labels``, ``image_label_field``,
+``allow_outside_images``, ``max_image_pixels`` and ``tasks`` are read from ``--config`` (or
+given as options), and a task asked for by name that a file has no labels for is fatal.
+Image pixels are decoded, not only their headers, when a file lists at most
+``DECODE_AUTO_IMAGES`` images or with ``--decode true``, so a truncated file is reported.
 """
 
 from __future__ import annotations
@@ -25,10 +32,15 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 
+from mtl_lightning.data.image_labels import ImageLabels
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
 from mtl_lightning.data.validation import DataError, DataReport, load_coco_json, validate_coco
 
 SPLITS = ("train", "val", "test")
+DECODE_AUTO_IMAGES = 1000
+"""Files listing at most this many images have every image decoded by default."""
+#: data.init_args options check-data reads from a config, with its own option of that name.
+DATA_OPTIONS = ("image_labels", "image_label_field", "allow_outside_images", "tasks")
 
 
 def check_files(
@@ -36,15 +48,26 @@ def check_files(
     images: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     image_label_field: str | None = "image_label",
+    image_labels: ImageLabels = "auto",
+    decode: bool | None = None,
+    allow_outside_images: bool = False,
+    tasks: tuple[str, ...] | None = None,
 ) -> DataReport:
     """Load and validate one annotation file against its image folder; returns the report.
 
-    Raises ``DataError`` when the file cannot be read as COCO at all (malformed JSON,
-    missing required keys); every other problem is in the report.
+    ``decode`` ``None`` decodes every image when the file lists at most
+    ``DECODE_AUTO_IMAGES``; the other options are those of ``validate_coco``. Raises
+    ``DataError`` when the file cannot be read as COCO at all (malformed JSON, missing
+    required keys); every other problem is in the report.
     """
     document = load_coco_json(annotations)
+    if decode is None:
+        decode = len(document["images"]) <= DECODE_AUTO_IMAGES
     _, report = validate_coco(document, images, annotation_file=str(annotations),
-                              max_pixels=max_pixels, image_label_field=image_label_field)
+                              max_pixels=max_pixels, image_label_field=image_label_field,
+                              image_labels=image_labels, decode_images=decode,
+                              allow_outside_images=allow_outside_images, tasks=tasks)
+    report.pixels_decoded = decode
     return report
 
 
@@ -116,7 +139,21 @@ def _parser() -> ArgumentParser:
                         help="Images with more pixels (height * width) are dropped.")
     parser.add_argument("--config", type=str | None, default=None,
                         help="A run config: checks its data.init_args <split>_annotations / "
-                        "<split>_images pairs.")
+                        "<split>_images pairs, with its data options.")
+    parser.add_argument("--decode", type=bool | None, default=None,
+                        help="Decode every image's pixels (true), headers only (false); "
+                        f"default: decode when a file lists at most {DECODE_AUTO_IMAGES} "
+                        "images.")
+    parser.add_argument("--image_labels", type=ImageLabels, default="auto",
+                        help="Where image labels come from, as data.image_labels: auto, field, "
+                        "derived or off.")
+    parser.add_argument("--image_label_field", type=str, default="image_label",
+                        help="The images[] field holding the image label (image_labels field).")
+    parser.add_argument("--allow_outside_images", type=bool, default=False,
+                        help="Keep images whose path resolves outside the images folder.")
+    parser.add_argument("--tasks", type=list[str] | None, default=None,
+                        help="Tasks the run will train; a file without labels for one is "
+                        "fatal. Default: report the tasks each file has labels for.")
     return parser
 
 
@@ -129,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.config is None and (args.annotations is None or args.images is None):
         parser.error("give --annotations FILE and --images DIR, or --config CONFIG.yaml.")
-    options: dict[str, Any] = {"max_pixels": args.max_image_pixels}
+    options: dict[str, Any] = {"max_pixels": args.max_image_pixels, "decode": args.decode,
+                               **{key: args[key] for key in DATA_OPTIONS}}
     pairs = [(args.annotations, args.images)]
     if args.config is not None:
         try:
@@ -142,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                   "annotation files; nothing to check.")
             return 0
         options["max_pixels"] = int(init_args.get("max_image_pixels", args.max_image_pixels))
-        if "image_label_field" in init_args:
-            options["image_label_field"] = init_args["image_label_field"]
+        options.update({key: init_args[key] for key in DATA_OPTIONS if key in init_args})
+    if options["tasks"] is not None:
+        options["tasks"] = tuple(options["tasks"])
     failed = False
     for annotation_file, image_root in pairs:
         try:
@@ -152,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             failed = True
             continue
-        print(report.to_text(), end="\n\n")
+        print(report.to_text())
+        print("pixels: every image decoded" if report.pixels_decoded else
+              f"pixels: headers only ({report.num_images} images, over {DECODE_AUTO_IMAGES}); "
+              "pass --decode true to decode every image", end="\n\n")
         failed |= bool(report.fatal)
     print("check-data: fatal problems found; fix them before training." if failed
           else "check-data: no fatal problems.")

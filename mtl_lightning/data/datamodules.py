@@ -22,6 +22,7 @@ from mtl_lightning.data.coco import (
     ImageLabels,
     image_class_names,
     resolve_image_labels,
+    segmentation_category_ids,
 )
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, load_rgb
@@ -282,6 +283,8 @@ class CocoDataModule(MultiTaskDataModule):
         image_label_field: the ``images[]`` field holding the image-level label.
         max_image_pixels: refuse images larger than this many pixels (before decoding).
         check_images: check every image file before training (exists, header, size).
+        allow_outside_images: read images whose path (absolute, ``../``, or a symlink)
+            resolves outside their images folder; by default such entries are dropped.
         **kwargs: loader and transform options of ``MultiTaskDataModule``.
     """
 
@@ -302,9 +305,11 @@ class CocoDataModule(MultiTaskDataModule):
         image_label_field: str = "image_label",
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         check_images: bool = True,
+        allow_outside_images: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.allow_outside_images = allow_outside_images
         single = annotations is not None
         if single == (train_annotations is not None):
             raise ValueError(
@@ -351,7 +356,7 @@ class CocoDataModule(MultiTaskDataModule):
         self.category_ids = [int(c["id"]) for c in categories]
         self.category_names = [str(c["name"]) for c in categories]
         self.image_class_names = image_class_names(
-            train, self.image_labels, image_label_field, self.category_names
+            train, self.image_labels, image_label_field, self.category_names, self.files["train"][0]
         )
 
     @property
@@ -365,7 +370,7 @@ class CocoDataModule(MultiTaskDataModule):
                 **({"category_ids": ids} if self.image_labels == "derived" else {}),
             },
             "segmentation": {"num_classes": len(names) + 1, "class_names": ["background", *names],
-                             "category_ids": [0, *ids]},
+                             "category_ids": segmentation_category_ids(ids)},
             "detection": {"num_classes": len(names), "class_names": list(names),
                           "category_ids": list(ids)},
         }
@@ -397,13 +402,14 @@ class CocoDataModule(MultiTaskDataModule):
                 validated[annotation_file] = load_and_validate(
                     annotation_file, image_folder, check_images=self.check_images,
                     max_pixels=self.max_image_pixels, image_label_field=self.image_label_field,
+                    image_labels=self.image_labels, allow_outside_images=self.allow_outside_images,
                 )
             transforms = self.train_transforms() if split == "train" else self.eval_transforms()
             self.datasets[split] = CocoMultiTaskDataset(
                 annotation_file, image_folder, tasks=self.tasks, image_labels=self.image_labels,
                 image_label_field=self.image_label_field, transforms=transforms,
                 image_ids=ids, max_image_pixels=self.max_image_pixels,
-                document=validated[annotation_file],
+                document=validated[annotation_file], allow_outside_images=self.allow_outside_images,
             )
             self._check_classes(split, self.datasets[split])
 

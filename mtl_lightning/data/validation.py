@@ -192,6 +192,7 @@ class DataReport:
             regions for mAP).
         empty_categories: names of the categories no kept annotation uses.
         tasks_with_labels: the tasks this file has labels for (what ``fit`` can train).
+        pixels_decoded: whether every image was decoded (else only headers were read).
     """
 
     annotation_file: str
@@ -206,6 +207,7 @@ class DataReport:
     crowd_regions: int = 0
     empty_categories: list[str] = field(default_factory=list)
     tasks_with_labels: list[str] = field(default_factory=list)
+    pixels_decoded: bool = False
 
     @property
     def fatal(self) -> list[Problem]:
