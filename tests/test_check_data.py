@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
+from mtl_lightning import check_data as check_data_module
 from mtl_lightning.check_data import check_files, main
 from tests.conftest import FRUITS_NUTS
 
@@ -131,3 +133,45 @@ def test_config_with_one_split_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     data_group.write_text(yaml.safe_dump(yaml.safe_load(config.read_text())["data"]))
     assert main(["--config", str(data_group)]) == 0
     assert "annotations: 165" in capsys.readouterr().out
+
+
+def _truncate_second_image(folder: Path) -> None:
+    """Replace 2.png by a JPEG cut in half (its header still reads)."""
+    noise = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "2.jpg", quality=95)
+    data = (folder / "2.jpg").read_bytes()
+    (folder / "2.png").write_bytes(data[: len(data) // 2])
+
+
+def test_pixels_are_decoded_for_small_sets_or_on_request(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    annotations = _write_dataset(tmp_path)
+    _truncate_second_image(tmp_path)
+    base = ["--annotations", str(annotations), "--images", str(tmp_path)]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "[dropped] undecodable_image" in out and "pixels: every image decoded" in out
+    assert main([*base, "--decode", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "problems: none" in out and "pass --decode true to decode every image" in out
+    monkeypatch.setattr(check_data_module, "DECODE_AUTO_IMAGES", 1)  # 2 images: over it
+    assert main(base) == 0
+    assert "headers only (2 images, over 1)" in capsys.readouterr().out
+    assert main([*base, "--decode", "true"]) == 0
+    assert "[dropped] undecodable_image" in capsys.readouterr().out
+
+
+def test_config_tasks_make_a_missing_task_fatal(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    annotations = _write_dataset(tmp_path)  # boxes only: no masks
+    config = tmp_path / "run.yaml"
+    init_args = {"annotations": str(annotations), "images": str(tmp_path)}
+    config.write_text(yaml.safe_dump({"data": {"init_args": init_args}}))
+    assert main(["--config", str(config)]) == 0
+    assert "tasks with labels (what fit can train from this file): detection" in \
+        capsys.readouterr().out
+    init_args["tasks"] = ["detection", "segmentation"]
+    config.write_text(yaml.safe_dump({"data": {"init_args": init_args}}))
+    assert main(["--config", str(config)]) == 1
+    assert "no labels for the 'segmentation' task" in capsys.readouterr().out

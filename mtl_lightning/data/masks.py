@@ -59,13 +59,13 @@ def polygon_reach(polygon: list[float], height: int, width: int) -> float | None
 
     Call it on a polygon that passed :func:`polygon_points_ok`.
     """
-    points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    low = -POLYGON_MARGIN * np.array([width, height], dtype=np.float64)
-    high = (POLYGON_MARGIN + 1) * np.array([width, height], dtype=np.float64)
-    outside = (points < low) | (points > high)
-    if not outside.any():
-        return None
-    return float(points[outside][np.argmax(np.abs(points[outside]))])
+    xs, ys = polygon[0::2], polygon[1::2]
+    outside = [v for values, side in ((xs, width), (ys, height))
+               if min(values) < -POLYGON_MARGIN * side
+               or max(values) > (POLYGON_MARGIN + 1) * side
+               for v in values
+               if v < -POLYGON_MARGIN * side or v > (POLYGON_MARGIN + 1) * side]
+    return float(max(outside, key=abs)) if outside else None
 
 
 def rle_problem(rle: dict, height: int, width: int) -> RleProblem | None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from mtl_lightning.data.coco import IGNORE_INDEX, CocoMultiTaskDataset
+from mtl_lightning.data.coco import IGNORE_INDEX, CocoMultiTaskDataset, segmentation_category_ids
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.transforms import eval_transforms, train_transforms
 
@@ -133,3 +133,8 @@ def test_real_photographs_match_the_coco_api() -> None:
         union |= coco.annToMask(annotation).astype(bool)
     assert int((sample["targets"]["segmentation"] > 0).sum()) == int(union.sum())
     assert sample["image"].shape[-2:] == (record.height, record.width)
+
+
+def test_background_never_shares_a_category_id() -> None:
+    assert segmentation_category_ids([1, 2, 5]) == [0, 1, 2, 5]  # unchanged for 1-based ids
+    assert segmentation_category_ids([0, 1, 2]) == [None, 0, 1, 2]  # 0 is a real category

@@ -18,6 +18,8 @@ from mtl_lightning.data import images
 from mtl_lightning.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
+    ImageOutsideFolderError,
+    image_path,
     load_rgb,
     looks_like_image,
     read_image_size,
@@ -311,3 +313,19 @@ def test_pil_bomb_limit_does_not_override_max_pixels(tmp_path: Path) -> None:
         with pytest.raises(ImageDecodeError, match=r"raise data\.max_image_pixels"):
             load_rgb(bomb)
     assert saved_limit == Image.MAX_IMAGE_PIXELS
+
+
+def test_image_path_stays_inside_the_folder(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "images", tmp_path / "secret.png"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(outside)
+    Image.new("RGB", (4, 4)).save(folder / "sub" / "a.png")
+    (folder / "link.png").symlink_to(outside)
+    (folder / "inner.png").symlink_to(folder / "sub" / "a.png")
+    assert image_path(folder, "sub/../sub/a.png") == folder / "sub/../sub/a.png"
+    assert image_path(folder, "inner.png") == folder / "inner.png"  # a link that stays inside
+    for name in (str(outside), "../secret.png", "link.png"):
+        with pytest.raises(ImageOutsideFolderError,
+                           match=r"resolves to .*secret.png', outside the images folder"):
+            image_path(folder, name)
+        assert image_path(folder, name, allow_outside=True).resolve() == outside.resolve()

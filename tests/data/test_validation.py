@@ -333,3 +333,81 @@ def test_load_and_validate_raises_fatal_and_warns_once(root: Path) -> None:
     (root / "tiny.json").write_text(json.dumps(document))
     with pytest.raises(DataError, match="duplicate image ids 1;"):
         load_and_validate(root / "tiny.json", root)
+
+
+@pytest.mark.parametrize("value", [True, -1, 2.5, [1], {"name": "x"}, ""])
+def test_unusable_image_labels_are_dropped_and_named(root: Path, value: object) -> None:
+    document = _document()
+    for image, label in zip(document["images"], ("date", "fig", value)):
+        image["image_label"] = label
+    cleaned, report = validate_coco(document, root, "tiny.json")
+    assert _kinds(report) == [("bad_image_label", "dropped")]
+    assert report.problems[0].image_id == 3
+    assert f"image 3 has image_label = {value!r}, which is not a class name" in \
+        report.problems[0].message
+    assert "dropped 1 unusable image label" in report.summary()
+    assert "image_label" not in cleaned["images"][2] and report.num_images == 3
+    assert report.task_coverage["classification"] == 2
+    assert "field 'image_label', 2 classes (date, fig)" in report.to_text()
+
+
+def test_image_label_names_must_be_declared_image_categories(root: Path) -> None:
+    document = _document()
+    document["image_categories"] = [{"id": 1, "name": "indoor"}, {"id": 2, "name": "outdoor"}]
+    for image, label in zip(document["images"], ("indoor", 1, "beach")):
+        image["image_label"] = label
+    _, report = validate_coco(document, root, "tiny.json")
+    assert ("mixed_image_labels", "fatal") in _kinds(report)  # names and numbers
+    assert ("bad_image_label", "dropped") in _kinds(report)  # 'beach' is not declared
+
+
+def test_outside_paths_are_dropped_even_without_image_checks(root: Path) -> None:
+    document = _document()
+    document["images"][1]["file_name"] = "sub/../b.png"  # a '..' that stays inside is fine
+    document["images"][2]["file_name"] = "../elsewhere/c.png"
+    cleaned, report = validate_coco(document, root, "tiny.json", check_images=False)
+    assert _kinds(report) == [("image_outside_folder", "dropped")]
+    assert [image["id"] for image in cleaned["images"]] == [1, 2]
+    _, allowed = validate_coco(document, root, "tiny.json", check_images=False,
+                               allow_outside_images=True)
+    assert allowed.problems == []
+
+
+def test_decoding_finds_a_truncated_body_that_the_header_hides(root: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "c.jpg", quality=95)  # a body much longer than its header
+    data = (root / "c.jpg").read_bytes()
+    (root / "c.jpg").write_bytes(data[: len(data) // 2])
+    document = _document()
+    document["images"][2]["file_name"] = "c.jpg"
+    _, headers_only = validate_coco(document, root, "tiny.json")
+    assert headers_only.problems == []
+    _, decoded = validate_coco(document, root, "tiny.json", decode_images=True)
+    assert _kinds(decoded) == [("undecodable_image", "dropped")]
+    assert "image 3 ('c.jpg') has a readable header but its pixels do not decode" in \
+        decoded.problems[0].message
+
+
+def test_a_named_task_without_labels_is_fatal(root: Path) -> None:
+    document = _document()
+    for annotation in document["annotations"]:
+        del annotation["segmentation"]  # boxes only
+    _, report = validate_coco(document, root, "tiny.json")
+    assert report.fatal == [] and report.tasks_with_labels == ["detection", "classification"]
+    _, report = validate_coco(document, root, "tiny.json", tasks=("detection", "segmentation"))
+    assert [p.kind for p in report.fatal] == ["task_without_labels"]
+    assert "no labels for the 'segmentation' task (no object annotation with a usable mask" in \
+        report.fatal[0].message
+
+
+def test_report_describes_labels_crowds_and_empty_categories(root: Path) -> None:
+    document = _document()
+    document["categories"].append({"id": 3, "name": "walnut"})
+    _annotation(document, 12)["iscrowd"] = 1
+    _, report = validate_coco(document, root, "tiny.json")
+    assert report.empty_categories == ["walnut"] and report.crowd_regions == 1
+    assert report.image_labels.startswith("derived (multi-label")
+    assert report.task_coverage["classification"] == 3
+    _, report = validate_coco(document, root, "tiny.json", image_labels="off")
+    assert report.image_labels.startswith("off") and "classification" not in \
+        report.tasks_with_labels
