@@ -126,7 +126,8 @@ class CocoMultiTaskDataset(Dataset):
         self.category_ids = [int(c["id"]) for c in categories]
         self.category_names = [str(c["name"]) for c in categories]
         index_of = {cid: i for i, cid in enumerate(self.category_ids)}
-        self.image_labels = resolve_image_labels(coco, image_labels, image_label_field)
+        self.image_labels = resolve_image_labels(coco, image_labels, image_label_field,
+                                                 str(self.annotation_file))
         self.image_class_names = image_class_names(coco, self.image_labels, image_label_field,
                                                    self.category_names,
                                                    str(self.annotation_file))

@@ -348,7 +348,8 @@ class CocoDataModule(MultiTaskDataModule):
         self.check_images = check_images
         # Class information is read here (before setup) so the CLI can link it into the model.
         train = load_coco_json(self.files["train"][0])
-        self.image_labels = resolve_image_labels(train, image_labels, image_label_field)
+        self.image_labels = resolve_image_labels(train, image_labels, image_label_field,
+                                                 self.files["train"][0])
         if self.image_labels == "off":
             self.tasks = tuple(t for t in self.tasks if t != "classification")
         self._all_image_ids = sorted(int(image["id"]) for image in train["images"])

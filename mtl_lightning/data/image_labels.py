@@ -84,10 +84,14 @@ def check_label_kinds(coco: dict[str, Any], field: str, source: str = "") -> Non
 
 
 def resolve_image_labels(
-    coco: dict[str, Any], mode: ImageLabels, image_label_field: str
+    coco: dict[str, Any], mode: ImageLabels, image_label_field: str, source: str = ""
 ) -> ImageLabels:
     """``auto`` -> ``field`` when any image carries the field, else ``derived`` (``off`` when
-    there is a single category: "which categories are present" would then be one class)."""
+    there is a single category: "which categories are present" would then be one class).
+
+    A file with no categories and no image-label field has nothing to train on at all:
+    ``DataError`` says so, before a model is built for it (``source`` names the file).
+    """
     if mode not in IMAGE_LABEL_MODES:
         raise DataError(
             f"image_labels must be auto, field, derived or off, got '{mode}'."
@@ -101,6 +105,12 @@ def resolve_image_labels(
         return mode
     if any(image_label_field in image for image in coco["images"]):
         return "field"
+    if not coco["categories"]:
+        where = f"{source}: " if source else ""
+        raise DataError(
+            f"{where}nothing to train on: the file has no categories (so no object labels) and "
+            f"no image has an '{image_label_field}' field; fix the file, or name the field "
+            "holding the image labels with data.image_label_field.")
     return "derived" if len(coco["categories"]) > 1 else "off"
 
 

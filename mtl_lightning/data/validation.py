@@ -780,7 +780,8 @@ def _image_labels(document: dict, images: dict[int, dict], mode: str,
     try:
         resolved = resolve_image_labels(document, mode, field)  # type: ignore[arg-type]
     except DataError as error:
-        cleaner.add("image_labels", "fatal", f"{error}")
+        if document["categories"]:  # without any, 'no_labels' says it with the counts
+            cleaner.add("image_labels", "fatal", f"{error}")
         return _ImageLabelInfo("off", field, [])
     names = [str(c["name"]) for c in sorted(document["categories"], key=lambda c: c["id"])]
     if resolved != "field":

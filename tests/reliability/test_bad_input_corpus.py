@@ -262,10 +262,14 @@ def _background_id_is_its_own(data: Dataset) -> None:
     assert set(mask.unique().tolist()) == {0, 1}  # background 0, class "date" painted 1
 
 
-def _fit_refuses_mixed_labels(data: Dataset) -> None:
-    with pytest.raises(DataError, match=r"mixes class names and numbers: image\(s\) 1 .* "
-                       r"image\(s\) 2 "):
-        CocoDataModule(annotations=str(data.annotations), images=str(data.images))
+def _fit_refuses(*sentences: str) -> Callable[[Dataset], None]:
+    """The data module ``fit`` builds (before any model) stops with one sentence."""
+    def check(data: Dataset) -> None:
+        with pytest.raises(DataError) as error:
+            CocoDataModule(annotations=str(data.annotations), images=str(data.images))
+        assert all(re.search(s, str(error.value)) for s in sentences), str(error.value)
+        assert "\n" not in str(error.value)
+    return check
 
 
 def _fit_uses_what_check_data_said(mode: str, classes: int) -> Callable[[Dataset], None]:
@@ -315,12 +319,16 @@ CASES = [
          (r"\[fatal\] no_labels: .*nothing to train on .*every one of its 2 annotations was "
           r"dropped .*and no categories",),
          training=_training_refuses(r"nothing to train on", r"instances\.json")),
+    Case("no_categories_fit", _no_categories, 1, (r"nothing to train on",),
+         training=_fit_refuses(r"instances\.json: nothing to train on: the file has no "
+                               r"categories")),
     Case("category_id_0", _category_zero, 0, (r"date +1",),
          training=_background_id_is_its_own),
     Case("image_labels_of_mixed_types", _mixed_labels, 1,
          (r"\[fatal\] mixed_image_labels: .*image\(s\) 1 have names \(e\.g\. 'fruit'\), "
           r"image\(s\) 2 have numbers \(e\.g\. 7\)",),
-         training=_fit_refuses_mixed_labels),
+         training=_fit_refuses(r"mixes class names and numbers: image\(s\) 1 .*"
+                               r"image\(s\) 2 ")),
     Case("derived_labels_crowd_and_empty_categories", _derived_labels_with_crowd, 0,
          (r"image labels: derived \(multi-label",
           r"classification +3 / 3",
