@@ -1,16 +1,21 @@
 """Validate and repair a COCO annotation file once, before any training.
 
-Real annotation files have problems: boxes that leave the image, polygons of two points,
-annotations pointing at categories or images that do not exist, images whose files are
-missing or were rotated by EXIF. Each problem gets one of three actions:
+Real annotation files have problems: boxes that leave the image, polygons of two points or
+with coordinates far outside the image, RLE masks whose counts do not decode, annotations
+pointing at categories or images that do not exist, images whose files are missing, truncated,
+rotated by EXIF, or outside the images folder (an absolute or ``../`` ``file_name``, or a
+symlink leading out), image labels of mixed kinds. Each problem gets one of three actions:
 
 - ``repaired``: the entry is fixed and kept (box clipped, box recomputed from its mask,
   duplicate annotation id renumbered, missing image size read from the file, unusable mask
   removed and the annotation marked ``"mask_missing": True``: the dataset paints its box as
   ignore (255) in the semantic mask, so the object is neither background nor lost);
-- ``dropped``: the entry is removed (an image is removed with its annotations);
+- ``dropped``: the entry is removed (an image with its annotations, an annotation, or an
+  annotation's corrupt mask, whose box is then ignore as above, or an unusable image label);
 - ``fatal``: the file cannot be trusted at all (duplicate image or category ids, unknown task
-  names, no image left); training must stop with the one-sentence message.
+  names, no image left, nothing left to train on, image labels mixing names and numbers, a
+  task asked for by name that the file has no labels for); training must stop with the
+  one-sentence message.
 
 ``validate_coco`` never mutates its input: it returns a cleaned copy and a ``DataReport``
 that counts what was done, describes the data (images per task, boxes per category, box sizes)
@@ -21,7 +26,10 @@ and warns the summary once.
 Annotations without any mask (box-only files) are not a problem and are not marked: the
 dataset treats their images as unlabelled for segmentation (``task_coverage`` counts the same).
 
-All mask work is pycocotools'; the only file I/O is one image-header read per image.
+Masks are checked by ``masks`` before pycocotools rasterises them; image labels are resolved
+by ``image_labels``, exactly as the data module resolves them, so the report describes what
+``fit`` trains. The file I/O is one image-header read per image (a full decode with
+``decode_images``, which ``check-data`` uses to find truncated files).
 """
 
 from __future__ import annotations
@@ -180,7 +188,8 @@ class DataReport:
             an image without objects is a negative), ``segmentation`` (images whose objects
             all have masks; an unusable mask, marked ``mask_missing``, is painted ignore and
             keeps the image usable, a non-crowd object with no mask at all does not),
-            ``classification`` (images with the image-label field), and,
+            ``classification`` (images that get an image label: a usable value of the
+            field, or every image when labels are derived from the categories), and,
             when images carry ``labelled_tasks``, ``labelled_tasks:<task>`` (images listing it).
         box_sides: ``min``/``p10``/``median``/``p90``/``max`` of sqrt(w*h) over non-crowd
             boxes (absent without boxes) and COCO's ``small`` (< 32^2 px area) / ``medium`` /
