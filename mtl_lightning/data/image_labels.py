@@ -24,6 +24,9 @@ from mtl_lightning.data.errors import DataError
 
 ImageLabels = Literal["auto", "field", "derived", "off"]
 IMAGE_LABEL_MODES = ("auto", "field", "derived", "off")
+MAX_UNDECLARED_INDEX = 99_999
+"""Largest index label without ``image_categories`` (indices 0..max become the classes, so
+one stray 1e9 would otherwise make a billion classes)."""
 _LISTED = 5
 
 
@@ -36,7 +39,7 @@ def label_kind(value: Any, image_categories: list[str] | None) -> str | None:
     """``"name"`` or ``"index"`` for a usable label value, ``None`` for an unusable one.
 
     A name must be one of ``image_categories`` (when given); an index is a whole number
-    >= 0, below ``len(image_categories)`` when given.
+    >= 0, below ``len(image_categories)`` when given, else at most ``MAX_UNDECLARED_INDEX``.
     """
     if isinstance(value, str):
         ok = bool(value) and (image_categories is None or value in image_categories)
@@ -45,9 +48,8 @@ def label_kind(value: Any, image_categories: list[str] | None) -> str | None:
         return None
     if not (math.isfinite(value) and float(value).is_integer() and value >= 0):
         return None
-    if image_categories is not None and value >= len(image_categories):
-        return None
-    return "index"
+    limit = MAX_UNDECLARED_INDEX + 1 if image_categories is None else len(image_categories)
+    return "index" if value < limit else None
 
 
 def declared_classes(coco: dict[str, Any]) -> list[str] | None:

@@ -49,6 +49,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from mtl_lightning.data import masks
 from mtl_lightning.data.errors import DataError
 from mtl_lightning.data.image_labels import (
+    MAX_UNDECLARED_INDEX,
     ImageLabels,
     declared_classes,
     image_class_names,
@@ -797,7 +798,9 @@ def _image_labels(document: dict, images: dict[int, dict], mode: str,
         return _ImageLabelInfo(resolved, field, names if resolved == "derived" else [])
     declared = declared_classes(document)
     allowed = (f"a name or index of image_categories ({_listing(declared)})"
-               if declared is not None else "a class name or a whole number >= 0")
+               if declared is not None else
+               f"a class name or a whole number in 0..{MAX_UNDECLARED_INDEX} (declare "
+               "image_categories for more classes)")
     for image_id, value in unusable_labels(document, field):
         if image_id in images:
             images[image_id].pop(field, None)
@@ -900,10 +903,16 @@ def validate_coco(
     annotations = cleaner.annotations(annotations_in, images, categories, all_image_ids)
     labels = _image_labels(document, images, image_labels, image_label_field, cleaner)
     if not images:
+        why = Counter(p.kind for p in cleaner.problems if p.action == "dropped"
+                      and KINDS.get(p.kind, _Kind("", "", "")).listed == "image")
+        reasons = ", ".join(f"{n} {KINDS[k].singular if n == 1 else KINDS[k].plural}"
+                            for k, n in why.most_common()) or "see the problems"
+        hint = (" (set allow_outside_images true if the images are meant to be read there)"
+                if "image_outside_folder" in why else "")
         cleaner.add("no_images", "fatal",
                     f"no trainable images in {name}: "
                     + ("it lists no images" if not document["images"] else
-                       f"all {len(document['images'])} images were dropped (see the problems)")
+                       f"all {len(document['images'])} images were dropped ({reasons}){hint}")
                     + "; fix the image paths or the file.")
     coverage = _task_coverage(images, annotations, labels)
     why_not = _tasks_with_labels(annotations, labels, coverage)

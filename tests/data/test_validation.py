@@ -335,7 +335,7 @@ def test_load_and_validate_raises_fatal_and_warns_once(root: Path) -> None:
         load_and_validate(root / "tiny.json", root)
 
 
-@pytest.mark.parametrize("value", [True, -1, 2.5, [1], {"name": "x"}, ""])
+@pytest.mark.parametrize("value", [True, -1, 2.5, [1], {"name": "x"}, "", 10**9])
 def test_unusable_image_labels_are_dropped_and_named(root: Path, value: object) -> None:
     document = _document()
     for image, label in zip(document["images"], ("date", "fig", value)):
@@ -371,6 +371,11 @@ def test_outside_paths_are_dropped_even_without_image_checks(root: Path) -> None
     _, allowed = validate_coco(document, root, "tiny.json", check_images=False,
                                allow_outside_images=True)
     assert allowed.problems == []
+    for image in document["images"]:  # every image elsewhere (a store of symlinks, say)
+        image["file_name"] = f"../elsewhere/{image['file_name']}"
+    _, report = validate_coco(document, root, "tiny.json", check_images=False)
+    assert "all 3 images were dropped (3 images outside the images folder) (set " \
+           "allow_outside_images true" in report.fatal[0].message
 
 
 def test_decoding_finds_a_truncated_body_that_the_header_hides(root: Path) -> None:
