@@ -192,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         print(report.to_text())
+        reason = ("--decode false" if args.decode is False else
+                  f"the file lists more than {DECODE_AUTO_IMAGES} images")
         print("pixels: every image decoded" if report.pixels_decoded else
-              f"pixels: headers only ({report.num_images} images, over {DECODE_AUTO_IMAGES}); "
-              "pass --decode true to decode every image", end="\n\n")
+              f"pixels: headers only ({reason}); pass --decode true to decode every image",
+              end="\n\n")
         failed |= bool(report.fatal)
     print("check-data: fatal problems found; fix them before training." if failed
           else "check-data: no fatal problems.")

@@ -953,10 +953,10 @@ def _fatal_without_labels(cleaner: _Cleaner, name: str, images: dict[int, dict],
             kept_images_had or not categories):
         given = (f"every one of its {kept_images_had} annotations was dropped (see the "
                  "problems)" if kept_images_had else "it has no annotations")
-        classes = "" if categories else " and no categories"
+        classes = ", it has no categories," if not categories else ""
         cleaner.add("no_labels", "fatal",
-                    f"nothing to train on in {name}: {given}{classes}, and no image has an "
-                    "image label; fix the file (category ids, masks, boxes) or use another.")
+                    f"nothing to train on: {given}{classes} and no image has an image label; "
+                    "fix the file (category ids, masks, boxes) or use another.")
         return
     for task in tasks or ():
         reason = why_not.get(task)

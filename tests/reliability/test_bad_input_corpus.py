@@ -316,8 +316,8 @@ CASES = [
          (r"\[dropped\] undecodable_image: .*image 2 \('cut.jpg'\) .*truncated",
           r"pixels: every image decoded")),
     Case("every_annotation_dropped_no_categories", _no_categories, 1,
-         (r"\[fatal\] no_labels: .*nothing to train on .*every one of its 2 annotations was "
-          r"dropped .*and no categories",),
+         (r"\[fatal\] no_labels: .*nothing to train on: every one of its 2 annotations was "
+          r"dropped .*, it has no categories, and no image has an image label",),
          training=_training_refuses(r"nothing to train on", r"instances\.json")),
     Case("no_categories_fit", _no_categories, 1, (r"nothing to train on",),
          training=_fit_refuses(r"instances\.json: nothing to train on: the file has no "
