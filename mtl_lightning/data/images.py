@@ -26,6 +26,9 @@ fewer rows than the header says (a buggy writer) is zero-filled by PIL without a
 Every decoder failure becomes an :class:`ImageDecodeError`, a one-sentence ``ValueError``
 that names the file (and the caller's ``context``, e.g. the image id) and says what to do.
 
+A path read from an annotation file goes through :func:`image_path` (or
+:func:`ensure_inside`), which keeps reads inside the images folder after following symlinks.
+
 Two PIL globals are pinned while this module uses PIL, under a lock so threads never see a
 half-restored value: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is forced to False (a truncated file
 must be an error, never a silently grey-filled image, even if other code turned it on), and
