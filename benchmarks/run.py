@@ -14,6 +14,8 @@ JSON (default ``benchmarks/results/suite[_quick][_cuda].json``) with the top-lev
 ``mtl_vs_single_inference_speedup``  3 single-task models' time / the MTL model's (>= 2.5)
 ``loader_vs_step_ratio``       loader samples/s / training samples/s (>= 2), suite/loader.py
 ``eval_overhead``              validation epoch / its forward passes alone (<= 1.3)
+``peer_torchjd_upgrad``        our exact UPGrad step / torchjd's ``mtl_backward`` (<= 0.9),
+                               suite/peers.py
 ``balancing_overhead``         per method, step time / equal weighting (benchmarks/balancing.py)
 ``peak_rss_mb``                the default run's peak resident memory, suite/memory.py
 ``scaling``                    plain step time against image size and number of tasks
@@ -51,6 +53,7 @@ from suite.inference import mtl_vs_single_inference
 from suite.loader import loader_vs_step
 from suite.memory import peak_rss
 from suite.overheads import loss_overhead, train_step_overhead
+from suite.peers import peer_torchjd_upgrad
 from suite.scaling import scaling
 from suite.settings import FULL, QUICK, Settings
 
@@ -63,6 +66,7 @@ RATIOS: dict[str, tuple[Measurement, str]] = {
     "mtl_vs_single_inference_speedup": (mtl_vs_single_inference, "min"),
     "loader_vs_step_ratio": (loader_vs_step, "min"),
     "eval_overhead": (eval_overhead, "max"),
+    "peer_torchjd_upgrad": (peer_torchjd_upgrad, "max"),
 }
 
 
