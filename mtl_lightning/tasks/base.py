@@ -42,6 +42,9 @@ class Task(nn.Module, ABC):
     auxiliary: ClassVar[bool] = False
     #: The task whose labels this task's targets are derived from (``None``: its own labels).
     derived_from: ClassVar[str | None] = None
+    #: Whether the task predicts classes (and so needs the data's class count); regression
+    #: tasks such as depth and normals do not.
+    has_classes: ClassVar[bool] = True
 
     def derive_targets(self, source: Any) -> Any:
         """This task's targets from the batch targets of ``derived_from``."""

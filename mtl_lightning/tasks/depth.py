@@ -53,6 +53,7 @@ class DepthTask(Task):
     """
 
     name = "depth"
+    has_classes = False
     headline_metric = "delta1"
     lower_is_better = frozenset({"abs_err", "rel_err", "rmse"})
 

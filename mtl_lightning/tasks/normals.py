@@ -47,6 +47,7 @@ class NormalsTask(Task):
     """
 
     name = "normals"
+    has_classes = False
     headline_metric = "within_11_25"
     lower_is_better = frozenset({"mean_angle", "median_angle"})
 
