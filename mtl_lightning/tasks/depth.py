@@ -1,6 +1,7 @@
-"""Monocular depth: a dense regression head at stride 4, upsampled to the input.
+"""Monocular depth: a dense regression head, upsampled to the input.
 
-The head is the pyramid decoder of the segmentation task with one output map. The loss is
+The head is a dense decoder with one output map: the pyramid fused at stride 4 (``fpn``, the
+default) or DeepLab-v3's ASPP on the backbone's last map (``aspp``). The loss is
 taken on valid pixels only; a target depth of 0 means "no ground truth" (the NYUv2 and
 Cityscapes convention):
 
@@ -26,9 +27,13 @@ from torchmetrics import MetricCollection
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.dense_decoders import (
+    DecoderKind,
+    build_dense_decoder,
+    decoder_pyramid_levels,
+)
 from mtl_lightning.tasks.dense_drawing import colorize
 from mtl_lightning.tasks.dense_metrics import DepthAbsError, DepthDelta, DepthRelError, DepthRMSE
-from mtl_lightning.tasks.pyramid_decoder import PyramidDecoder
 
 #: The smallest depth a log can be taken of (the silog loss).
 MIN_DEPTH = 1e-3
@@ -44,7 +49,10 @@ class DepthTask(Task):
     """Per-pixel depth regression.
 
     Args:
-        decoder_channels: width of the fused decoder map.
+        decoder_channels: width of the decoder (the fused map, or the ASPP branches).
+        decoder: ``fpn`` (the pyramid, fused at stride 4) or ``aspp`` (DeepLab-v3 on the
+            backbone's last map; see :mod:`mtl_lightning.tasks.dense_decoders`).
+        aspp_rates: the ASPP's atrous rates (``decoder: aspp``).
         loss: ``l1`` (LibMTL) or ``silog`` (Eigen et al. 2014).
         silog_lambda: the silog loss's variance weight (0: plain squared log error; 1: fully
             scale invariant).
@@ -60,6 +68,8 @@ class DepthTask(Task):
     def __init__(
         self,
         decoder_channels: int = 64,
+        decoder: DecoderKind = "fpn",
+        aspp_rates: tuple[int, ...] = (12, 24, 36),
         loss: Literal["l1", "silog"] = "l1",
         silog_lambda: float = 0.5,
         dropout: float = 0.0,
@@ -71,16 +81,25 @@ class DepthTask(Task):
         if loss not in ("l1", "silog"):
             raise ValueError(f"depth.loss must be 'l1' or 'silog', got {loss!r}.")
         self.decoder_channels = decoder_channels
+        if decoder not in ("fpn", "aspp"):
+            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
+        self.decoder_kind = decoder
+        self.aspp_rates = tuple(aspp_rates)
         self.loss_kind = loss
         self.silog_lambda = silog_lambda
         self.dropout = dropout
         self.max_depth = max_depth
 
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return decoder_pyramid_levels(self.decoder_kind)
+
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
     ) -> None:
-        self.decoder = PyramidDecoder(pyramid_channels, len(backbone_channels),
-                                      self.decoder_channels, 1, self.dropout)
+        self.decoder = build_dense_decoder(
+            self.decoder_kind, 1, pyramid_channels, backbone_channels, self.decoder_channels,
+            self.dropout, self.aspp_rates)
 
     def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
         return self.decoder(features, image_size)[:, 0]

@@ -1,6 +1,7 @@
 """Surface normals: a 3-channel dense head, L2-normalised per pixel.
 
-The head is the pyramid decoder with three output maps; each pixel's vector is normalised
+The head is a dense decoder (``fpn`` or ``aspp``, as for depth) with three output maps; each
+pixel's vector is normalised
 to unit length. A zero target vector means "no ground truth" (the NYUv2 convention). Losses
 on valid pixels:
 
@@ -27,9 +28,13 @@ from torchmetrics import MetricCollection
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.dense_decoders import (
+    DecoderKind,
+    build_dense_decoder,
+    decoder_pyramid_levels,
+)
 from mtl_lightning.tasks.dense_drawing import normals_to_rgb
 from mtl_lightning.tasks.dense_metrics import AngleMean, AngleMedian, AngleWithin, normal_angles
-from mtl_lightning.tasks.pyramid_decoder import PyramidDecoder
 
 
 def valid_normals(targets: torch.Tensor) -> torch.Tensor:
@@ -41,7 +46,10 @@ class NormalsTask(Task):
     """Per-pixel surface normal regression.
 
     Args:
-        decoder_channels: width of the fused decoder map.
+        decoder_channels: width of the decoder (the fused map, or the ASPP branches).
+        decoder: ``fpn`` (the pyramid, fused at stride 4) or ``aspp`` (DeepLab-v3 on the
+            backbone's last map; see :mod:`mtl_lightning.tasks.dense_decoders`).
+        aspp_rates: the ASPP's atrous rates (``decoder: aspp``).
         loss: ``cosine`` (``1 - cos``, LibMTL) or ``l1`` (on the unit vectors).
         dropout: dropout before the prediction conv.
     """
@@ -54,6 +62,8 @@ class NormalsTask(Task):
     def __init__(
         self,
         decoder_channels: int = 64,
+        decoder: DecoderKind = "fpn",
+        aspp_rates: tuple[int, ...] = (12, 24, 36),
         loss: Literal["cosine", "l1"] = "cosine",
         dropout: float = 0.0,
         num_classes: int | None = None,
@@ -63,14 +73,23 @@ class NormalsTask(Task):
         if loss not in ("cosine", "l1"):
             raise ValueError(f"normals.loss must be 'cosine' or 'l1', got {loss!r}.")
         self.decoder_channels = decoder_channels
+        if decoder not in ("fpn", "aspp"):
+            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
+        self.decoder_kind = decoder
+        self.aspp_rates = tuple(aspp_rates)
         self.loss_kind = loss
         self.dropout = dropout
+
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return decoder_pyramid_levels(self.decoder_kind)
 
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
     ) -> None:
-        self.decoder = PyramidDecoder(pyramid_channels, len(backbone_channels),
-                                      self.decoder_channels, 3, self.dropout)
+        self.decoder = build_dense_decoder(
+            self.decoder_kind, 3, pyramid_channels, backbone_channels, self.decoder_channels,
+            self.dropout, self.aspp_rates)
 
     def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
         return F.normalize(self.decoder(features, image_size), dim=1)

@@ -235,3 +235,33 @@ def test_regression_tasks_need_no_classes_and_refuse_bad_options() -> None:
         DepthTask(loss="l2")
     with pytest.raises(ValueError, match=r"normals\.loss"):
         NormalsTask(loss="dot")
+
+
+def test_aspp_decoder_reads_the_last_backbone_map_and_no_pyramid() -> None:
+    from mtl_lightning.module import MultiTaskModule
+
+    task = DepthTask(decoder="aspp", decoder_channels=8, aspp_rates=(1, 2, 3))
+    assert task.pyramid_levels == ()
+    task.build_head(8, [8, 8, 16], [4, 8, 8])
+    coarse = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2), torch.randn(2, 16, 2, 2)]
+    out = task(Features(backbone=coarse, pyramid=[], strides=[4, 8, 8]), (16, 16))
+    assert out.shape == (2, 16, 16)
+    with pytest.raises(ValueError, match=r"normals\.decoder must be"):
+        NormalsTask(decoder="unet")
+    # a dilated backbone (output stride 8) with ASPP heads only: the model trains and every
+    # parameter it holds receives a gradient (no neck is built for tasks that read none)
+    model = MultiTaskModule(
+        tasks={"depth": {"decoder": "aspp", "decoder_channels": 8},
+               "normals": {"decoder": "aspp", "decoder_channels": 8}},
+        task_info={"depth": {}, "normals": {}}, backbone="resnet18",
+        backbone_kwargs={"output_stride": 8}, neck_channels=8)
+    image = torch.randn(2, 3, 64, 64)
+    outputs = model(image)
+    assert outputs["depth"].shape == (2, 64, 64) and outputs["normals"].shape == (2, 3, 64, 64)
+    assert model.architecture.strides[-1] == 8
+    has = torch.tensor([True, True])
+    loss = (model.tasks["depth"].loss(outputs["depth"], torch.ones(2, 64, 64), has)
+            + model.tasks["normals"].loss(outputs["normals"], torch.ones(2, 3, 64, 64), has))
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
