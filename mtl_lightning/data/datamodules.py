@@ -105,10 +105,12 @@ class MultiTaskDataModule(LightningDataModule):
         cache_samples: bool = False,
     ) -> None:
         super().__init__()
-        unknown = set(tasks) - set(TASK_NAMES)
+        from mtl_lightning.tasks import TASKS  # the registry is the one list of task types
+
+        unknown = set(tasks) - set(TASKS)
         if unknown:
             raise ValueError(
-                f"data.tasks has unknown task(s) {sorted(unknown)}; available: {list(TASK_NAMES)}."
+                f"data.tasks has unknown task(s) {sorted(unknown)}; available: {sorted(TASKS)}."
             )
         self.tasks = tuple(tasks)
         self.image_size = image_size

@@ -6,12 +6,15 @@ from typing import Any
 
 from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.classification import ClassificationTask
+from mtl_lightning.tasks.depth import DepthTask
 from mtl_lightning.tasks.detection import DetectionTask
 from mtl_lightning.tasks.edges import EdgeTask
+from mtl_lightning.tasks.normals import NormalsTask
 from mtl_lightning.tasks.segmentation import SegmentationTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ClassificationTask, SegmentationTask, DetectionTask, EdgeTask)
+    task.name: task for task in (ClassificationTask, SegmentationTask, DetectionTask, EdgeTask,
+                                 DepthTask, NormalsTask)
 }
 
 
@@ -42,7 +45,9 @@ def build_task(name: str, options: dict[str, Any] | None, info: dict[str, Any] |
         )
     category_ids = info.pop("category_ids", None)
     merged = {**info, **options}
-    if "num_classes" not in merged and TASKS[name].derived_from is None:
+    task_class = TASKS[name]
+    if "num_classes" not in merged and task_class.derived_from is None and (
+            task_class.has_classes):
         raise ValueError(
             f"Task '{name}' does not know its number of classes: the data module provides no "
             f"'{name}' labels. Remove the task or use data that labels it."
@@ -56,5 +61,5 @@ def build_task(name: str, options: dict[str, Any] | None, info: dict[str, Any] |
     return task
 
 
-__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "EdgeTask", "SegmentationTask", "Task",
-           "build_task"]
+__all__ = ["TASKS", "ClassificationTask", "DepthTask", "DetectionTask", "EdgeTask",
+           "NormalsTask", "SegmentationTask", "Task", "build_task"]

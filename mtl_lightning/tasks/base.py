@@ -27,7 +27,8 @@ class Task(nn.Module, ABC):
     """One task of a multi-task model.
 
     Args:
-        num_classes: number of classes, normally filled in from the data module.
+        num_classes: number of classes, normally filled in from the data module; ``None``
+            for a regression task (depth, normals), which has none.
         class_names: one name per class, normally filled in from the data module.
     """
 
@@ -41,13 +42,23 @@ class Task(nn.Module, ABC):
     auxiliary: ClassVar[bool] = False
     #: The task whose labels this task's targets are derived from (``None``: its own labels).
     derived_from: ClassVar[str | None] = None
+    #: Whether the task predicts classes (and so needs the data's class count); regression
+    #: tasks such as depth and normals do not.
+    has_classes: ClassVar[bool] = True
 
     def derive_targets(self, source: Any) -> Any:
         """This task's targets from the batch targets of ``derived_from``."""
         raise NotImplementedError(f"Task '{self.name}' has labels of its own.")
 
-    def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
+    def __init__(self, num_classes: int | None, class_names: list[str] | None = None) -> None:
         super().__init__()
+        if num_classes is None:  # a regression task (depth, normals): no classes
+            if class_names:
+                raise ValueError(f"Task '{self.name}' has no classes; remove its class_names.")
+            self.num_classes: int | None = None
+            self.class_names: list[str] = []
+            self.category_ids: list[int | None] = []
+            return
         if num_classes < 1:
             raise ValueError(f"Task '{self.name}' needs num_classes >= 1, got {num_classes}.")
         self.num_classes = int(num_classes)
@@ -55,7 +66,7 @@ class Task(nn.Module, ABC):
             str(i) for i in range(self.num_classes)
         ]
         #: The dataset's original id of each class (e.g. COCO category ids), when known.
-        self.category_ids: list[int | None] = [None] * self.num_classes
+        self.category_ids = [None] * self.num_classes
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"Task '{self.name}' has {self.num_classes} classes but "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mtl_lightning.models.architectures.base import Architecture, BackboneFactory, ParameterRoles
 from mtl_lightning.models.neck import FeaturePyramid, Features
@@ -21,8 +22,11 @@ class HardSharing(Architecture):
         super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
         self.backbone = make_backbone()
         self.channels, self.strides = self.backbone.channels, self.backbone.reductions
-        self.neck = FeaturePyramid(self.channels, self.strides, neck_channels,
-                                   levels=self.levels_of(self.pyramid_tasks))
+        # No task reads the pyramid (e.g. every head is an ASPP on the last map): no neck, so
+        # that no parameter goes unused (DDP requires that).
+        self.neck = (FeaturePyramid(self.channels, self.strides, neck_channels,
+                                    levels=self.levels_of(self.pyramid_tasks))
+                     if self.pyramid_tasks else nn.Identity())
 
     def forward(self, image: torch.Tensor) -> dict[str, Features]:
         maps = self.expose(self.backbone(image))

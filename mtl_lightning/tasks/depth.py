@@ -1,0 +1,156 @@
+"""Monocular depth: a dense regression head, upsampled to the input.
+
+The head is a dense decoder with one output map: the pyramid fused at stride 4 (``fpn``, the
+default) or DeepLab-v3's ASPP on the backbone's last map (``aspp``). The loss is
+taken on valid pixels only; a target depth of 0 means "no ground truth" (the NYUv2 and
+Cityscapes convention):
+
+- ``loss="l1"`` (the default, LibMTL's choice): mean ``|p - t|``;
+- ``loss="silog"``: the scale-invariant log loss of Eigen et al. 2014, "Depth Map Prediction
+  from a Single Image using a Multi-Scale Deep Network", with ``d = log p - log t`` per pixel:
+  ``mean(d^2) - lambda * mean(d)^2`` (``lambda = 0.5`` in the paper's training loss).
+
+Metrics: ``abs_err``, ``rel_err``, ``rmse`` (lower is better) and ``delta1``..``delta3``
+(higher is better; see :mod:`mtl_lightning.tasks.dense_metrics`). The headline for
+``{stage}/mtl/score`` is ``delta1``, a fraction in [0, 1].
+
+Targets are ``[B, H, W]`` (or ``[B, 1, H, W]``) float maps in the data's depth unit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+
+from mtl_lightning.models.neck import Features
+from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.dense_decoders import (
+    DecoderKind,
+    build_dense_decoder,
+    decoder_pyramid_levels,
+)
+from mtl_lightning.tasks.dense_drawing import colorize
+from mtl_lightning.tasks.dense_metrics import DepthAbsError, DepthDelta, DepthRelError, DepthRMSE
+
+#: The smallest depth a log can be taken of (the silog loss).
+MIN_DEPTH = 1e-3
+
+
+def depth_targets(targets: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` float depth from ``[B, H, W]`` or ``[B, 1, H, W]`` targets."""
+    targets = targets.float()
+    return targets[:, 0] if targets.dim() == 4 else targets
+
+
+class DepthTask(Task):
+    """Per-pixel depth regression.
+
+    Args:
+        decoder_channels: width of the decoder (the fused map, or the ASPP branches).
+        decoder: ``fpn`` (the pyramid, fused at stride 4) or ``aspp`` (DeepLab-v3 on the
+            backbone's last map; see :mod:`mtl_lightning.tasks.dense_decoders`).
+        aspp_rates: the ASPP's atrous rates (``decoder: aspp``).
+        loss: ``l1`` (LibMTL) or ``silog`` (Eigen et al. 2014).
+        silog_lambda: the silog loss's variance weight (0: plain squared log error; 1: fully
+            scale invariant).
+        dropout: dropout before the prediction conv.
+        max_depth: the depth at which pictures saturate (default: each map's own maximum).
+    """
+
+    name = "depth"
+    has_classes = False
+    headline_metric = "delta1"
+    lower_is_better = frozenset({"abs_err", "rel_err", "rmse"})
+
+    def __init__(
+        self,
+        decoder_channels: int = 64,
+        decoder: DecoderKind = "fpn",
+        aspp_rates: tuple[int, ...] = (12, 24, 36),
+        loss: Literal["l1", "silog"] = "l1",
+        silog_lambda: float = 0.5,
+        dropout: float = 0.0,
+        max_depth: float | None = None,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__(num_classes, class_names)
+        if loss not in ("l1", "silog"):
+            raise ValueError(f"depth.loss must be 'l1' or 'silog', got {loss!r}.")
+        self.decoder_channels = decoder_channels
+        if decoder not in ("fpn", "aspp"):
+            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
+        self.decoder_kind = decoder
+        self.aspp_rates = tuple(aspp_rates)
+        self.loss_kind = loss
+        self.silog_lambda = silog_lambda
+        self.dropout = dropout
+        self.max_depth = max_depth
+
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return decoder_pyramid_levels(self.decoder_kind)
+
+    def build_head(
+        self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
+    ) -> None:
+        self.decoder = build_dense_decoder(
+            self.decoder_kind, 1, pyramid_channels, backbone_channels, self.decoder_channels,
+            self.dropout, self.aspp_rates)
+
+    def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
+        return self.decoder(features, image_size)[:, 0]
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        if not bool(has.any()):
+            return self.unused_loss(outputs)
+        prediction, target = outputs[has].float(), depth_targets(targets[has])
+        valid = target > 0
+        if not bool(valid.any()):
+            return self.unused_loss(outputs)
+        prediction, target = prediction[valid], target[valid]
+        if self.loss_kind == "l1":
+            return F.l1_loss(prediction, target)
+        d = prediction.clamp(min=MIN_DEPTH).log() - target.log()
+        return (d ** 2).mean() - self.silog_lambda * d.mean() ** 2
+
+    def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
+        return list(outputs.detach().float())
+
+    def build_metrics(self, stage: str) -> MetricCollection:
+        return MetricCollection({
+            "abs_err": DepthAbsError(), "rel_err": DepthRelError(), "rmse": DepthRMSE(),
+            "delta1": DepthDelta(1), "delta2": DepthDelta(2), "delta3": DepthDelta(3),
+        })
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
+        has: torch.Tensor,
+    ) -> None:
+        if bool(has.any()):
+            target = depth_targets(targets[has])
+            metrics.update(outputs[has].detach().float(), target, target > 0)
+
+    def resize_prediction(
+        self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
+    ) -> torch.Tensor:
+        if tuple(from_size) == tuple(to_size):
+            return prediction
+        return F.interpolate(prediction[None, None].float(), size=to_size, mode="bilinear",
+                             align_corners=False)[0, 0]
+
+    def prediction_to_json(self, prediction: torch.Tensor) -> Any:
+        """Summary statistics of the predicted depth (the map itself is written as a file)."""
+        values = prediction.float()
+        return {"min": float(values.min()), "max": float(values.max()),
+                "mean": float(values.mean())}
+
+    def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """The depth map in colour (near dark, far bright), at the image's size; pixels
+        without ground truth (0) are black."""
+        depth = depth_targets(prediction[None])[0] if prediction.dim() == 3 else prediction
+        depth = self.resize_prediction(depth, tuple(depth.shape[-2:]), tuple(image.shape[-2:]))
+        return colorize(depth, depth > 0, low=0.0, high=self.max_depth)

@@ -1,0 +1,147 @@
+"""Surface normals: a 3-channel dense head, L2-normalised per pixel.
+
+The head is a dense decoder (``fpn`` or ``aspp``, as for depth) with three output maps; each
+pixel's vector is normalised
+to unit length. A zero target vector means "no ground truth" (the NYUv2 convention). Losses
+on valid pixels:
+
+- ``loss="cosine"`` (the default, LibMTL's): mean ``1 - cos(p, t)``;
+- ``loss="l1"``: mean ``|p - t|`` over the three components of the unit vectors.
+
+Metrics: ``mean_angle`` and ``median_angle`` in degrees (lower is better), ``within_11_25``,
+``within_22_5`` and ``within_30`` as fractions (higher is better); see
+:mod:`mtl_lightning.tasks.dense_metrics`. The headline for ``{stage}/mtl/score`` is
+``within_11_25``.
+
+Targets are ``[B, 3, H, W]`` float maps of (x, y, z) components (their length is ignored:
+they are normalised before the loss). A horizontal flip of the image negates x: the data's
+joint transforms do that, not this task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+
+from mtl_lightning.models.neck import Features
+from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.dense_decoders import (
+    DecoderKind,
+    build_dense_decoder,
+    decoder_pyramid_levels,
+)
+from mtl_lightning.tasks.dense_drawing import normals_to_rgb
+from mtl_lightning.tasks.dense_metrics import AngleMean, AngleMedian, AngleWithin, normal_angles
+
+
+def valid_normals(targets: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]``: pixels whose target vector is not zero (and finite)."""
+    return (targets.abs().sum(1) > 0) & torch.isfinite(targets).all(1)
+
+
+class NormalsTask(Task):
+    """Per-pixel surface normal regression.
+
+    Args:
+        decoder_channels: width of the decoder (the fused map, or the ASPP branches).
+        decoder: ``fpn`` (the pyramid, fused at stride 4) or ``aspp`` (DeepLab-v3 on the
+            backbone's last map; see :mod:`mtl_lightning.tasks.dense_decoders`).
+        aspp_rates: the ASPP's atrous rates (``decoder: aspp``).
+        loss: ``cosine`` (``1 - cos``, LibMTL) or ``l1`` (on the unit vectors).
+        dropout: dropout before the prediction conv.
+    """
+
+    name = "normals"
+    has_classes = False
+    headline_metric = "within_11_25"
+    lower_is_better = frozenset({"mean_angle", "median_angle"})
+
+    def __init__(
+        self,
+        decoder_channels: int = 64,
+        decoder: DecoderKind = "fpn",
+        aspp_rates: tuple[int, ...] = (12, 24, 36),
+        loss: Literal["cosine", "l1"] = "cosine",
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__(num_classes, class_names)
+        if loss not in ("cosine", "l1"):
+            raise ValueError(f"normals.loss must be 'cosine' or 'l1', got {loss!r}.")
+        self.decoder_channels = decoder_channels
+        if decoder not in ("fpn", "aspp"):
+            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
+        self.decoder_kind = decoder
+        self.aspp_rates = tuple(aspp_rates)
+        self.loss_kind = loss
+        self.dropout = dropout
+
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return decoder_pyramid_levels(self.decoder_kind)
+
+    def build_head(
+        self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
+    ) -> None:
+        self.decoder = build_dense_decoder(
+            self.decoder_kind, 3, pyramid_channels, backbone_channels, self.decoder_channels,
+            self.dropout, self.aspp_rates)
+
+    def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
+        return F.normalize(self.decoder(features, image_size), dim=1)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        if not bool(has.any()):
+            return self.unused_loss(outputs)
+        target = targets[has].float()
+        valid = valid_normals(target)
+        if not bool(valid.any()):
+            return self.unused_loss(outputs)
+        prediction = outputs[has].float().permute(0, 2, 3, 1)[valid]
+        target = F.normalize(target.permute(0, 2, 3, 1)[valid], dim=-1)
+        if self.loss_kind == "cosine":
+            return (1 - (prediction * target).sum(-1)).mean()
+        return F.l1_loss(prediction, target)
+
+    def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
+        return list(outputs.detach().float())
+
+    def build_metrics(self, stage: str) -> MetricCollection:
+        return MetricCollection({
+            "mean_angle": AngleMean(), "median_angle": AngleMedian(),
+            "within_11_25": AngleWithin(11.25), "within_22_5": AngleWithin(22.5),
+            "within_30": AngleWithin(30.0),
+        })
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
+        has: torch.Tensor,
+    ) -> None:
+        if bool(has.any()):
+            target = targets[has].float()
+            angles = normal_angles(outputs[has].detach(), target)
+            metrics.update(angles, angles, valid_normals(target))
+
+    def resize_prediction(
+        self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
+    ) -> torch.Tensor:
+        if tuple(from_size) == tuple(to_size):
+            return prediction
+        resized = F.interpolate(prediction[None].float(), size=to_size, mode="bilinear",
+                                align_corners=False)[0]
+        return F.normalize(resized, dim=0)
+
+    def prediction_to_json(self, prediction: torch.Tensor) -> Any:
+        """The mean predicted normal (the map itself is written as a file)."""
+        mean = F.normalize(prediction.float().mean(dim=(1, 2)), dim=0)
+        return {"mean_normal": [float(v) for v in mean]}
+
+    def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """The normal map in the ``(n + 1) / 2`` RGB encoding, at the image's size."""
+        normals = self.resize_prediction(prediction, tuple(prediction.shape[-2:]),
+                                         tuple(image.shape[-2:]))
+        return normals_to_rgb(normals)
