@@ -57,6 +57,9 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 
+from mtl_lightning.data import scenes_dense
+from mtl_lightning.data.scenes_dense import DenseScene
+
 __all__ = [
     "GENERATOR_VERSION",
     "SHAPE_NAMES",
@@ -90,6 +93,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 CLASSIFICATION_TARGETS: tuple[str, ...] = ("related", "unrelated")
 
 COMPLETE_MARKER = "COMPLETE"
+#: the folders (beside ``images/``) of the dense maps, with ``dense: true``
+DENSE_DIRS = {"depth": "depth", "normals": "normals"}
 MAX_OBJECTS_LIMIT = 64
 MAX_SPLIT_SIZE = 1_000_000  # file names have six digits
 
@@ -165,6 +170,9 @@ class ScenesConfig:
     label_noise: float = 0.0
     label_fraction: tuple[tuple[str, float], ...] = ()
     seed: int = 0
+    #: also render depth and surface normals (see :mod:`mtl_lightning.data.scenes_dense`);
+    #: the images are the same either way
+    dense: bool = False
 
     def __post_init__(self) -> None:
         _check_int("image_size", self.image_size, 16, 4096)
@@ -242,6 +250,8 @@ def _canonical_config(config: ScenesConfig) -> dict[str, Any]:
     values["max_object_size"] = config.resolved_max_object_size
     values["label_fraction"] = config.label_fractions
     values["generator_version"] = GENERATOR_VERSION
+    if not config.dense:  # the datasets made before dense labels existed keep their name
+        del values["dense"]
     return values
 
 
@@ -542,6 +552,7 @@ class Scene:
     categories: list[int]
     masks: list[np.ndarray]
     image_label: int
+    dense: DenseScene | None = None  # depth and normals, with ``config.dense``
 
     @property
     def semantic_mask(self) -> np.ndarray:
@@ -560,7 +571,8 @@ def _image_seed(config: ScenesConfig, split: str, index: int) -> np.random.SeedS
 def generate_scene(config: ScenesConfig, split: str, index: int) -> Scene:
     """Generate image ``index`` of ``split`` (0-based) in memory, independent of all others."""
     _check_split(split)
-    scene_seed, _ = _image_seed(config, split, index).spawn(2)
+    # children 0 and 1 are the pixels' and the labels' streams, 2 the dense labels' own
+    scene_seed, _, dense_seed = _image_seed(config, split, index).spawn(3)
     rng = np.random.default_rng(scene_seed)
     texture, texture_colours, image = _background(rng, config.image_size)
     placements, instances = _sample_layout(rng, config)
@@ -574,7 +586,16 @@ def generate_scene(config: ScenesConfig, split: str, index: int) -> Scene:
         image_label = categories[int(np.argmax(areas))]  # ties: the lowest index
     else:
         image_label = texture
-    return Scene(pixels, texture, categories, masks, image_label)
+    dense = None
+    if config.dense:
+        dense = scenes_dense.render(
+            np.random.default_rng(dense_seed), config.image_size,
+            [SHAPE_NAMES[p.category] for p in placements], [p.centre for p in placements],
+            [p.size for p in placements],
+            [[j for j in range(k) if _boxes_overlap(placements[j].vertices, p.vertices)]
+             for k, p in enumerate(placements)],
+            masks)
+    return Scene(pixels, texture, categories, masks, image_label, dense)
 
 
 def _other_class(rng: np.random.Generator, label: int, num_labels: int) -> int:
@@ -632,6 +653,12 @@ def _generate_and_save(
     scene = generate_scene(config, split, index)
     name = _image_name(index)
     Image.fromarray(scene.image).save(Path(split_dir) / name, format="PNG")
+    if scene.dense is not None:
+        stem = Path(name).stem
+        Image.fromarray(scenes_dense.depth_to_png(scene.dense.depth)).save(
+            Path(split_dir) / DENSE_DIRS["depth"] / f"{stem}.png", format="PNG")
+        Image.fromarray(scenes_dense.normals_to_png(scene.dense.normals)).save(
+            Path(split_dir) / DENSE_DIRS["normals"] / f"{stem}.png", format="PNG")
     categories, image_label, tasks = _noisy_labels(config, split, index, scene)
     record = {
         "id": index + 1,
@@ -687,7 +714,15 @@ def _coco_document(
         "image_categories": [
             {"id": i, "name": name} for i, name in enumerate(config.image_class_names)
         ],
+        **({"dense_maps": dense_maps()} if config.dense else {}),
     }
+
+
+def dense_maps() -> dict[str, dict[str, Any]]:
+    """Where a dense Scenes split keeps its per-image maps (folders relative to the split's
+    image root, one PNG per image named after it) and how to read them."""
+    return {"depth": {"dir": DENSE_DIRS["depth"], "scale": scenes_dense.DEPTH_SCALE},
+            "normals": {"dir": DENSE_DIRS["normals"]}}
 
 
 def generate_split(
@@ -702,6 +737,9 @@ def generate_split(
     _check_split(split)
     split_dir = Path(out_dir) / split
     (split_dir / "images").mkdir(parents=True, exist_ok=True)
+    if config.dense:
+        for folder in DENSE_DIRS.values():
+            (split_dir / folder).mkdir(exist_ok=True)
     jobs = [(config, split, i, str(split_dir)) for i in range(config.split_size(split))]
     document = _coco_document(config, split, _generate_records(jobs, num_workers))
     json_path = Path(out_dir) / f"{split}.json"

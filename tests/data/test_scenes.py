@@ -207,6 +207,7 @@ def test_fingerprint_changes_with_every_knob() -> None:
         "label_noise": 0.1,
         "label_fraction": (("detection", 0.5),),
         "seed": 4,
+        "dense": True,
     }
     assert set(changed) == {f.name for f in fields(ScenesConfig)}
     prints = {fingerprint(TINY)} | {
