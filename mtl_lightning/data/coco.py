@@ -39,6 +39,12 @@ from torchvision import tv_tensors
 
 from mtl_lightning.data import masks
 from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.data.dense_map_files import (
+    DENSE_MAP_TASKS,
+    dense_map_specs,
+    placeholder,
+    read_dense_map,
+)
 from mtl_lightning.data.image_labels import ImageLabels, image_class_names, resolve_image_labels
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ensure_inside, load_rgb
 from mtl_lightning.data.validation import DataError, load_and_validate
@@ -94,6 +100,9 @@ class CocoMultiTaskDataset(Dataset):
             splits of one file share a single validation).
         allow_outside_images: read images whose path resolves outside ``image_root`` (by
             default such entries are dropped by validation, and refused when read).
+        dense_maps: per-task folders of per-image depth or normal maps (see
+            :mod:`mtl_lightning.data.dense_map_files`); default: the COCO file's own
+            ``dense_maps`` entry, if any (the Scenes benchmark writes one).
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class CocoMultiTaskDataset(Dataset):
         check_images: bool = True,
         document: dict[str, Any] | None = None,
         allow_outside_images: bool = False,
+        dense_maps: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_root = Path(image_root)
@@ -122,6 +132,19 @@ class CocoMultiTaskDataset(Dataset):
             max_pixels=max_image_pixels, image_label_field=image_label_field,
             image_labels=image_labels, allow_outside_images=allow_outside_images,
         )
+        wanted = set(self.tasks) & set(DENSE_MAP_TASKS)
+        self.dense_maps = {
+            task: spec for task, spec in dense_map_specs(
+                dense_maps if dense_maps is not None else coco.get("dense_maps"),
+                self.image_root).items()
+            if task in wanted
+        }
+        unread = wanted - set(self.dense_maps)
+        if unread:
+            raise DataError(
+                f"{self.annotation_file} has no {sorted(unread)} maps: give "
+                f"data.dense_maps {{{sorted(unread)[0]}: {{dir: FOLDER}}}} or remove the task."
+            )
         categories = sorted(coco["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in categories]
         self.category_names = [str(c["name"]) for c in categories]
@@ -257,7 +280,8 @@ class CocoMultiTaskDataset(Dataset):
         image = self.load_image(record)
         height, width = image.shape[-2:]
         targets: dict[str, Any] = {}
-        has = {task: task in record.labelled_tasks for task in self.tasks}
+        has = {task: task in record.labelled_tasks or task in self.dense_maps
+               for task in self.tasks}
         if "classification" in self.tasks:
             has["classification"] &= record.image_label is not None and self.image_labels != "off"
             targets["classification"] = self._classification_target(record)
@@ -279,6 +303,11 @@ class CocoMultiTaskDataset(Dataset):
                 "iscrowd": torch.cat([torch.zeros(len(record.boxes), dtype=torch.bool),
                                       torch.ones(len(record.crowd_boxes), dtype=torch.bool)]),
             }
+        for task, spec in self.dense_maps.items():
+            path = spec.path(record.path)
+            has[task] = has.get(task, True) and path is not None
+            targets[task] = (read_dense_map(spec, path, (height, width)) if path is not None
+                             else placeholder(task, (height, width)))
         sample = {
             "image": tv_tensors.Image(image),
             "targets": targets,

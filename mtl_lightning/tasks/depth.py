@@ -137,7 +137,10 @@ class DepthTask(Task):
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> torch.Tensor:
-        if tuple(from_size) == tuple(to_size):
+        # ``from_size`` is the top-left region of the input that holds the image (a
+        # letterboxed input is padded at the bottom and right)
+        prediction = prediction[..., : from_size[0], : from_size[1]]
+        if tuple(prediction.shape[-2:]) == tuple(to_size):
             return prediction
         return F.interpolate(prediction[None, None].float(), size=to_size, mode="bilinear",
                              align_corners=False)[0, 0]

@@ -129,7 +129,10 @@ class NormalsTask(Task):
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> torch.Tensor:
-        if tuple(from_size) == tuple(to_size):
+        # ``from_size`` is the top-left region of the input that holds the image (a
+        # letterboxed input is padded at the bottom and right)
+        prediction = prediction[..., : from_size[0], : from_size[1]]
+        if tuple(prediction.shape[-2:]) == tuple(to_size):
             return prediction
         resized = F.interpolate(prediction[None].float(), size=to_size, mode="bilinear",
                                 align_corners=False)[0]
