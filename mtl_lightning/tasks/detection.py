@@ -331,7 +331,9 @@ class DetectionTask(Task):
         if len(boxes) == 0:
             return image
         height, width = image.shape[-2:]
-        boxes = clip_boxes_to_image(boxes, (height, width))
+        # To the last pixel, not the border past it: PIL draws x2 itself, so a box reaching
+        # past the image keeps a visible edge.
+        boxes = clip_boxes_to_image(boxes, (height - 1, width - 1))
         labels = prediction["labels"].cpu()
         scores = prediction["scores"].detach().cpu().float()
         crowd = prediction.get("iscrowd", torch.zeros(len(boxes), dtype=torch.bool)).cpu().bool()
