@@ -51,19 +51,20 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 def ground_truth_as_prediction(task: str, target: Any, crowd: bool = False) -> Any:
-    """A target in the form the task's ``draw`` and ``prediction_to_json`` take (scores of 1).
+    """A target in the form the task's ``draw`` and ``prediction_to_json`` take (scores of 1,
+    and ``"ground_truth": True`` so that pictures leave the scores out).
 
     Classification: a class index or a multi-hot vector -> ``{"labels", "scores"}``.
     Detection: crowd regions are left out, or kept and flagged ``iscrowd`` (``crowd=True``,
     for pictures)."""
     if task == "classification":
         labels = target.nonzero().flatten() if target.ndim else target.reshape(1)
-        return {"labels": labels.long(), "scores": torch.ones(len(labels))}
+        return {"labels": labels.long(), "scores": torch.ones(len(labels)), "ground_truth": True}
     if task == "detection":
         is_crowd = target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
         keep = torch.ones_like(is_crowd.bool()) if crowd else ~is_crowd.bool()
         truth = {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep],
-                 "scores": torch.ones(int(keep.sum()))}
+                 "scores": torch.ones(int(keep.sum())), "ground_truth": True}
         if crowd:
             truth["iscrowd"] = is_crowd.bool()[keep]
         return truth

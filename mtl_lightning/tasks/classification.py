@@ -178,11 +178,14 @@ class ClassificationTask(Task):
         return entries[0]
 
     def draw(self, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Write the class name(s) with scores in the top-left corner, one per line."""
+        """Write the class name(s) with scores in the top-left corner, one per line (names
+        only for a ground truth, marked ``"ground_truth": True``)."""
         entries = self.prediction_to_json(prediction)
         entries = entries if isinstance(entries, list) else [entries]
         entries = sorted(entries, key=lambda e: -e["score"])
-        lines = [f"{e['name']} {e['score']:.2f}" for e in entries[:MAX_DRAWN_LINES]]
+        truth = bool(prediction.get("ground_truth", False))  # no scores to show
+        lines = [e["name"] if truth else f"{e['name']} {e['score']:.2f}"
+                 for e in entries[:MAX_DRAWN_LINES]]
         if len(entries) > MAX_DRAWN_LINES:
             lines.append(f"+{len(entries) - MAX_DRAWN_LINES} more")
         return draw_text_lines(image, lines or ["(none)"])

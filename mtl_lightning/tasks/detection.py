@@ -325,8 +325,9 @@ class DetectionTask(Task):
 
     def draw(self, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
         """Boxes (clipped to the image) in their class colours, best score drawn last (on
-        top); a label only where it does not cover a better box's label. Crowd regions of a
-        ground truth (``iscrowd``) are grey, labelled ``crowd``."""
+        top); a label only where it does not cover a better box's label. A ground truth
+        (``"ground_truth": True``) is labelled without scores, its crowd regions
+        (``iscrowd``) grey and labelled ``crowd``."""
         boxes = prediction["boxes"].detach().cpu().float()
         if len(boxes) == 0:
             return image
@@ -339,8 +340,9 @@ class DetectionTask(Task):
         crowd = prediction.get("iscrowd", torch.zeros(len(boxes), dtype=torch.bool)).cpu().bool()
         order = torch.argsort(scores, descending=True, stable=True)
         palette = class_colors(self.num_classes + 1)[1:]
+        truth = bool(prediction.get("ground_truth", False))  # names only, no scores
         texts = [
-            "crowd" if bool(crowd[i])
+            "crowd" if bool(crowd[i]) else self.class_names[int(labels[i])] if truth
             else f"{self.class_names[int(labels[i])]} {float(scores[i]):.2f}"
             for i in order.tolist()
         ]

@@ -16,9 +16,7 @@ from torchvision import tv_tensors
 from mtl_lightning.callbacks.prediction_overlays import (
     PredictionOverlays,
     _wandb_table,
-    overlay_view,
     per_image_scores,
-    side_by_side,
 )
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.transforms import eval_transforms
@@ -137,6 +135,8 @@ def test_wandb_table_handles_ignore_pixels_crowds_and_multilabel_truth(
 
 
 def test_views_map_predictions_onto_the_picture_and_drop_unsure_boxes() -> None:
+    from mtl_lightning.callbacks.prediction_overlays import overlay_view, side_by_side
+
     model = _model("multi")
     batch = collate_multitask(_samples("multi")[:1])  # 48 x 96, letterboxed into 32 x 64
     prediction = {

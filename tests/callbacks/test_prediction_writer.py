@@ -13,11 +13,7 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
-from mtl_lightning.callbacks.prediction_writer import (
-    PredictionWriter,
-    SkippedImagesError,
-    skipped_images_error,
-)
+from mtl_lightning.callbacks.prediction_writer import PredictionWriter
 from mtl_lightning.cli import USER_ERRORS, MultiTaskCLI
 from mtl_lightning.data import CocoDataModule
 from mtl_lightning.data.datamodules import MultiTaskDataModule
@@ -89,6 +85,8 @@ def test_every_readable_image_is_written_under_its_full_name(folder: Path,
 def test_a_predict_that_skipped_images_ends_with_one_sentence_and_an_error_code(
     folder: Path, tmp_path: Path
 ) -> None:
+    from mtl_lightning.callbacks.prediction_writer import SkippedImagesError, skipped_images_error
+
     writer = _predict(folder, tmp_path / "predictions")
     error = skipped_images_error([writer])
     assert isinstance(error, SkippedImagesError) and isinstance(error, USER_ERRORS)

@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.transforms import content_size, eval_transforms, train_transforms
+from mtl_lightning.data.transforms import eval_transforms, train_transforms
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.tasks import build_task
 
@@ -58,6 +58,8 @@ def test_letterbox_keeps_the_aspect_ratio_and_pads_with_ignore(shape: tuple[int,
 
 
 def test_stretch_is_still_available_and_fills_the_input() -> None:
+    from mtl_lightning.data.transforms import content_size
+
     sample = eval_transforms(SIZE, ("segmentation",), "stretch")(_photo(601, 803))
     assert sample["meta"]["content_size"] == (SIZE, SIZE)
     resized = v2.Resize(size=None, max_size=SIZE)(_photo(601, 803)["image"])

@@ -9,7 +9,9 @@ import torch
 
 from mtl_lightning.callbacks.prediction_overlays import describe, ground_truth_as_prediction
 from mtl_lightning.tasks import build_task
-from mtl_lightning.tasks.segmentation import IGNORE_COLOR
+
+#: Grey of ignored pixels and crowd regions (segmentation.IGNORE_COLOR).
+IGNORE_COLOR = (128, 128, 128)
 
 HEIGHT, WIDTH = 60, 80
 
