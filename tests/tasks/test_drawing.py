@@ -88,6 +88,13 @@ def test_detection_draws_clipped_boxes_crowd_and_empty_images() -> None:
              "scores": torch.zeros(0)}
     assert torch.equal(task.draw(_image(), empty), _image())
     assert describe(task, empty) == "0 boxes"
+    task.build_head(8, [8], [4])
+    torch.manual_seed(0)
+    outputs = {"heatmap": torch.randn(1, 2, HEIGHT // 4, WIDTH // 4) * 3,
+               "box": torch.randn(1, 4, HEIGHT // 4, WIDTH // 4) * 2}
+    predicted = task.postprocess(outputs)[0]
+    assert len(predicted["boxes"]) > 0
+    assert not torch.equal(task.draw(_image(), predicted), _image())
 
 
 def test_edges_draw_and_describe_ground_truth_with_ignored_pixels() -> None:
@@ -101,3 +108,6 @@ def test_edges_draw_and_describe_ground_truth_with_ignored_pixels() -> None:
     assert task.prediction_to_json(edges) == {"edge_pixels": WIDTH,
                                               "ignored_pixels": 5 * WIDTH}
     assert describe(task, edges) == "edge_pixels 80, ignored_pixels 400"
+    predicted = task.postprocess(torch.randn(1, HEIGHT, WIDTH))[0]
+    assert task.prediction_to_json(predicted) == {"edge_pixels": int(predicted.sum())}
+    assert not torch.equal(task.draw(_image(), predicted), _image())
