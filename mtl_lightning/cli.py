@@ -52,6 +52,7 @@ from mtl_lightning.callbacks import (
     WandbSummaries,
 )
 from mtl_lightning.callbacks.checkpoint import Checkpoint
+from mtl_lightning.callbacks.prediction_writer import skipped_images_error
 from mtl_lightning.callbacks.random_state import RandomState
 from mtl_lightning.loggers import resume_wandb_run
 from mtl_lightning.module import MultiTaskModule
@@ -215,6 +216,10 @@ class MultiTaskCLI(LightningCLI):
 
     def after_predict(self) -> None:
         self._print_run_dir()
+        writers = [c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)]
+        error = skipped_images_error(writers)
+        if error is not None:  # the others are written; the exit code must still say so
+            raise error
 
     def _print_run_dir(self) -> None:
         rank_zero_info(f"Run directory: {self.run_dir}")

@@ -450,14 +450,25 @@ class MultiTaskModule(LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        """Predictions mapped back to each image's original size, with its metadata."""
+        """Predictions mapped back to each image's original pixels, with its metadata.
+
+        ``meta["content_size"]`` (written by the evaluation transforms) is the top-left part
+        of the input that holds the image (all of it unless the data letterboxes); each
+        task's ``resize_prediction`` maps that part onto ``meta["orig_size"]``. A sample the
+        loader could not read (``meta["error"]``) is passed on without predictions, so the
+        writer can list it.
+        """
         predictions = self.predict_tasks(batch["image"])
         input_size = tuple(batch["image"].shape[-2:])
         results = []
         for meta, prediction in zip(batch["meta"], predictions):
+            if "error" in meta:
+                results.append({"meta": meta, "predictions": {}})
+                continue
             original = tuple(meta["orig_size"])
+            content = tuple(meta.get("content_size", input_size))
             resized = {
-                name: self.tasks[name].resize_prediction(pred, input_size, original)
+                name: self.tasks[name].resize_prediction(pred, content, original)
                 for name, pred in prediction.items()
             }
             results.append({"meta": meta, "predictions": resized})

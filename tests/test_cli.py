@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mtl_lightning.callbacks.prediction_writer import SkippedImagesError
 from mtl_lightning.cli import main, run_cli
 from mtl_lightning.module import MultiTaskModule
 
@@ -105,25 +106,31 @@ def test_predict_writes_json_mask_and_overlay(fitted, scenes_root: Path, tmp_pat
     Image.new("L", (90, 70), 128).save(images / "gray.png")  # grayscale, other size
     Image.new("RGBA", (64, 64), (200, 10, 10, 128)).save(images / "rgba.png")
     Image.new("RGB", (100, 50), (10, 200, 10)).save(images / "photo.jpg")
+    Image.new("RGB", (30, 40), (10, 20, 200)).save(images / "photo.png")  # the same stem
+    (images / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "predictions"
-    run_cli([
-        "predict", *_args(tmp, scenes_root),
-        "--ckpt_path", str(Path(cli.run_dir) / "checkpoints" / "last.ckpt"),
-        "--data.init_args.predict_images", str(images),
-        "--prediction_writer.output_dir", str(out),
-    ])
-    for stem, size in [("gray", (70, 90)), ("rgba", (64, 64)), ("photo", (50, 100))]:
-        record = json.loads((out / f"{stem}.json").read_text())
+    with pytest.raises(SkippedImagesError, match="skipped 1 image"):  # exit code 2 in main
+        run_cli([
+            "predict", *_args(tmp, scenes_root),
+            "--ckpt_path", str(Path(cli.run_dir) / "checkpoints" / "last.ckpt"),
+            "--data.init_args.predict_images", str(images),
+            "--prediction_writer.output_dir", str(out),
+        ])
+    for name, size in [("gray.png", (70, 90)), ("rgba.png", (64, 64)), ("photo.jpg", (50, 100)),
+                       ("photo.png", (40, 30))]:
+        record = json.loads((out / f"{name}.json").read_text())
         assert record["size_hw"] == list(size)
         assert {"classification", "segmentation", "detection"} <= set(record)
         assert record["classification"]["name"] in cli.datamodule.task_info["classification"][
             "class_names"]
         for box in record["detection"]:
             assert set(box) == {"box_xyxy", "class_id", "category_id", "name", "score"}
-        mask = Image.open(out / f"{stem}_mask.png")
+        mask = Image.open(out / f"{name}.mask.png")
         assert mask.size == (size[1], size[0])
-        overlay = Image.open(out / f"{stem}_overlay.png")
+        overlay = Image.open(out / f"{name}.overlay.png")
         assert overlay.size == (size[1], size[0]) and overlay.mode == "RGB"
+    assert [s["image"] for s in json.loads((out / "skipped.json").read_text())] == [
+        str(images / "broken.jpg")]
 
 
 # The offline W&B run (folder, sync hint, history, media, resuming) is read back in

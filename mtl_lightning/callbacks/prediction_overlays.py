@@ -2,9 +2,15 @@
 
 Every ``every_n_epochs`` validation epochs, the same ``num_images`` validation images (chosen
 once, evenly spaced through the split) go through the model. For each one a PNG is written to
-``<run dir>/overlays/epochNNN/<image id>.png``: the ground truth on the left, the prediction on
-the right (mask, boxes with class names and scores, image class), drawn by each task's own
-``draw``. With a W&B logger the same images are logged under ``val/overlays`` as
+``<run dir>/overlays/epochNNN/<source>_<image id>.png`` (``<image id>.png`` when the sample
+names no source; image ids restart per source): the ground truth on the left, the prediction
+on the right (mask, boxes with class names and scores, image class), drawn by each task's own
+``draw``. Pictures have the image's own aspect ratio: the letterbox padding is cut away (or a
+stretched square input is resized back), every prediction and target is mapped there by its
+task's ``resize_prediction`` (the same mapping ``predict`` uses), and small images are enlarged
+to ``MIN_SIDE``. Boxes scoring below ``draw_score_threshold`` are left out of the pictures
+(not out of any metric); ignored pixels of a ground-truth mask are grey, crowd boxes grey
+and labelled ``crowd``. With a W&B logger the same images are logged under ``val/overlays`` as
 ``wandb.Image`` with interactive ground-truth and predicted masks and boxes (class names
 attached) and the image-level truth and prediction in the caption, and as the W&B Table
 ``val/overlay_table``: one row per image with that picture and, per task, the truth, the
@@ -15,22 +21,26 @@ hold the same pictures.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_only
 from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
-from mtl_lightning.callbacks.prediction_writer import draw_order, to_cpu
+from mtl_lightning.callbacks.prediction_writer import confident, draw_order, to_cpu
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: Pictures smaller than this (pixels, shorter side) are enlarged before drawing.
 MIN_SIDE = 256
+#: W&B mask value of pixels that are no class.
+WANDB_IGNORE = 255
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -40,16 +50,85 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
-def ground_truth_as_prediction(task: str, target: Any) -> Any:
-    """A target in the form the task's ``draw`` takes (scores of 1)."""
+def ground_truth_as_prediction(task: str, target: Any, crowd: bool = False) -> Any:
+    """A target in the form the task's ``draw`` and ``prediction_to_json`` take (scores of 1,
+    and ``"ground_truth": True`` so that pictures leave the scores out).
+
+    Classification: a class index or a multi-hot vector -> ``{"labels", "scores"}``.
+    Detection: crowd regions are left out, or kept and flagged ``iscrowd`` (``crowd=True``,
+    for pictures)."""
     if task == "classification":
         labels = target.nonzero().flatten() if target.ndim else target.reshape(1)
-        return {"labels": labels, "scores": torch.ones(len(labels))}
+        return {"labels": labels.long(), "scores": torch.ones(len(labels)), "ground_truth": True}
     if task == "detection":
-        keep = ~target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
-        return {"boxes": target["boxes"][keep], "labels": target["labels"][keep],
-                "scores": torch.ones(int(keep.sum()))}
-    return target.long()
+        is_crowd = target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
+        keep = torch.ones_like(is_crowd.bool()) if crowd else ~is_crowd.bool()
+        truth = {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep],
+                 "scores": torch.ones(int(keep.sum())), "ground_truth": True}
+        if crowd:
+            truth["iscrowd"] = is_crowd.bool()[keep]
+        return truth
+    if task == "segmentation":
+        return target.long()
+    return target
+
+
+def display_size(content: tuple[int, int], original: tuple[int, int]) -> tuple[int, int]:
+    """Size of a picture of an image of ``original`` size whose model input holds it in a
+    ``content`` region: the original aspect ratio, about the content's resolution, shorter
+    side at least ``MIN_SIDE`` (enlarged by a whole factor when that is enough)."""
+    factor = max(content) / max(original)
+    height, width = max(1, round(original[0] * factor)), max(1, round(original[1] * factor))
+    if min(height, width) >= MIN_SIDE:
+        return height, width
+    whole = -(-MIN_SIDE // min(height, width))
+    return height * whole, width * whole
+
+
+def _resized_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [3, h, w] -> ``size``: whole-factor enlargements by pixel repetition (crisp),
+    anything else bilinear."""
+    height, width = image.shape[-2:]
+    if size[0] % height == 0 and size[1] % width == 0 and size[0] // height == size[1] // width:
+        factor = size[0] // height
+        return image.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    resized = F.interpolate(image[None].float(), size=size, mode="bilinear",
+                            align_corners=False, antialias=True)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def overlay_view(
+    pl_module: LightningModule, batch: dict, index: int, prediction: dict
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """The picture of sample ``index`` at its own aspect ratio, with its predictions and its
+    ground truth (tasks it is labelled for) mapped onto that picture: ``(image, predicted,
+    truth)``. The part of the model input that holds the image is ``meta["content_size"]``
+    (all of it when absent); the original size is ``meta["orig_size"]``."""
+    image = to_uint8(batch["image"][index])
+    meta = batch["meta"][index] if "meta" in batch else {}
+    content = tuple(meta.get("content_size", image.shape[-2:]))
+    size = display_size(content, tuple(meta.get("orig_size", content)))
+    picture = _resized_image(image[:, : content[0], : content[1]], size)
+    predicted, truth = {}, {}
+    for name in draw_order(prediction):
+        task = pl_module.tasks[name]
+        predicted[name] = task.resize_prediction(to_cpu(prediction[name]), content, size)
+        has = batch["has"].get(name)
+        if has is not None and bool(has[index]) and name in batch["targets"]:
+            target = ground_truth_as_prediction(name, to_cpu(batch["targets"][name][index]),
+                                                crowd=True)
+            truth[name] = task.resize_prediction(target, content, size)
+    return picture, predicted, truth
+
+
+def overlay_name(meta: dict, index: int) -> str:
+    """The overlay's file stem: ``<source>_<image id>`` (image ids restart per source), or
+    the image id, or the position; characters other than letters, digits, ``-``, ``_`` and
+    ``.`` become ``_``."""
+    stem = str(meta.get("image_id", index))
+    if meta.get("source") is not None:
+        stem = f"{meta['source']}_{stem}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem)
 
 
 class PredictionOverlays(Callback):
@@ -62,13 +141,16 @@ class PredictionOverlays(Callback):
         log_to_wandb: log ``wandb.Image`` objects when the trainer has a W&B logger.
         log_table: with W&B, also log the ``val/overlay_table`` Table of per-image results
             (one more forward pass of the shown images to score each one).
+        draw_score_threshold: boxes scoring below this are not drawn (pictures only; the
+            metrics and the table's text see every prediction).
     """
 
     def __init__(
         self, num_images: int = 8, every_n_epochs: int = 1, save_png: bool = True,
-        log_to_wandb: bool = True, log_table: bool = True,
+        log_to_wandb: bool = True, log_table: bool = True, draw_score_threshold: float = 0.3,
     ) -> None:
         self.num_images = num_images
+        self.draw_score_threshold = draw_score_threshold
         self.every_n_epochs = max(1, every_n_epochs)
         self.save_png = save_png
         self.log_to_wandb = log_to_wandb
@@ -104,46 +186,47 @@ class PredictionOverlays(Callback):
             if to_wandb and self.log_table:
                 scores = per_image_scores(pl_module, images, batch)
         pl_module.train(was_training)
-        pictures = [self._picture(pl_module, batch, i, predictions[i])
-                    for i in range(len(self._indices))]
+        views = [overlay_view(pl_module, batch, i, predictions[i])
+                 for i in range(len(self._indices))]
         if self.save_png:
             folder = run_directory(trainer) / "overlays" / f"epoch{trainer.current_epoch:03d}"
             folder.mkdir(parents=True, exist_ok=True)
-            for meta, picture in zip(batch["meta"], pictures):
+            for i, (meta, view) in enumerate(zip(batch["meta"], views)):
+                picture = side_by_side(pl_module, view, self.draw_score_threshold)
                 # zlib level 1: 1.7x faster than the default 6 on an overlay, 1.14x the bytes
-                write_png(picture, str(folder / f"{meta.get('image_id', 'image')}.png"),
+                write_png(picture, str(folder / f"{overlay_name(meta, i)}.png"),
                           compression_level=1)
         if to_wandb:
-            self._log_wandb(loggers[0], pl_module, batch, predictions, scores,
+            self._log_wandb(loggers[0], pl_module, batch, predictions, views, scores,
                             trainer.global_step)
-
-    def _picture(
-        self, pl_module: LightningModule, batch: dict, index: int, prediction: dict
-    ) -> torch.Tensor:
-        """Ground truth (left) and prediction (right), side by side; small images are
-        enlarged (nearest neighbour) to at least ``MIN_SIDE`` pixels so labels stay legible."""
-        image = to_uint8(batch["image"][index])
-        scale = max(1, MIN_SIDE // min(image.shape[-2:]))
-        image = _enlarged(image, scale)
-        truth, predicted = image.clone(), image.clone()
-        for name in draw_order(prediction):
-            task = pl_module.tasks[name]
-            if bool(batch["has"].get(name, torch.zeros(index + 1))[index]):
-                target = ground_truth_as_prediction(name, batch["targets"][name][index])
-                truth = task.draw(truth, _scaled(name, target, scale))
-            predicted = task.draw(predicted, _scaled(name, to_cpu(prediction[name]), scale))
-        gap = torch.full((3, image.shape[1], 4), 255, dtype=torch.uint8)
-        return torch.cat([truth, gap, predicted], dim=2)
 
     def _log_wandb(
         self, logger: WandbLogger, pl_module: LightningModule, batch: dict,
-        predictions: list[dict], scores: list[dict] | None, step: int,
+        predictions: list[dict], views: list[tuple], scores: list[dict] | None, step: int,
     ) -> None:
-        overlays = [_wandb_image(pl_module, batch, i, p) for i, p in enumerate(predictions)]
+        overlays = [_wandb_image(pl_module, batch, i, view, self.draw_score_threshold)
+                    for i, view in enumerate(views)]
         logged: dict[str, Any] = {"val/overlays": overlays}
         if scores is not None:
-            logged["val/overlay_table"] = _wandb_table(pl_module, batch, predictions, scores)
+            logged["val/overlay_table"] = _wandb_table(
+                pl_module, batch, predictions, scores, views, self.draw_score_threshold
+            )
         logger.log_metrics(logged, step=step)
+
+
+def side_by_side(pl_module: LightningModule, view: tuple, draw_score_threshold: float = 0.0
+                 ) -> torch.Tensor:
+    """Ground truth (left) and prediction (right) of an :func:`overlay_view`, each drawn by
+    its task's ``draw``; boxes below ``draw_score_threshold`` are left out."""
+    image, predicted, truth = view
+    left, right = image.clone(), image.clone()
+    for name in draw_order(predicted):
+        task = pl_module.tasks[name]
+        if name in truth:
+            left = task.draw(left, truth[name])
+        right = task.draw(right, confident(predicted[name], draw_score_threshold))
+    gap = torch.full((3, image.shape[1], 4), 255, dtype=torch.uint8)
+    return torch.cat([left, gap, right], dim=2)
 
 
 def per_image_scores(
@@ -180,38 +263,45 @@ def _never() -> bool:
     return False
 
 
-def _wandb_image(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> Any:
-    """One image as ``wandb.Image`` with its truth and prediction masks, boxes and caption."""
+def _wandb_image(pl_module: LightningModule, batch: dict, i: int, view: tuple,
+                 draw_score_threshold: float = 0.0) -> Any:
+    """One image (an :func:`overlay_view`) as ``wandb.Image`` with its truth and prediction
+    masks, boxes and caption."""
     import wandb
 
-    extra: dict[str, Any] = {"caption": _caption(pl_module, batch, i, prediction)}
-    masks = _wandb_masks(pl_module, batch, i, prediction)
-    boxes = _wandb_boxes(pl_module, batch, i, prediction)
+    image, predicted, truth = view
+    extra: dict[str, Any] = {"caption": _caption(pl_module, batch, i, predicted, truth)}
+    masks = _wandb_masks(pl_module, predicted, truth)
+    boxes = _wandb_boxes(pl_module, predicted, truth, draw_score_threshold)
     if masks:
         extra["masks"] = masks
     if boxes:
         extra["boxes"] = boxes
-    return wandb.Image(to_uint8(batch["image"][i]).permute(1, 2, 0).numpy(), **extra)
+    return wandb.Image(image.permute(1, 2, 0).numpy(), **extra)
 
 
 def _wandb_table(
-    pl_module: LightningModule, batch: dict, predictions: list[dict], scores: list[dict]
+    pl_module: LightningModule, batch: dict, predictions: list[dict], scores: list[dict],
+    views: list[tuple] | None = None, draw_score_threshold: float = 0.0,
 ) -> Any:
     """``wandb.Table``: one row per image, columns ``image_id``, ``overlay`` and per task
     ``<task> truth``, ``<task> prediction`` and ``<task> <metric>`` (empty when unlabelled)."""
     import wandb
 
+    views = views or [overlay_view(pl_module, batch, i, p) for i, p in enumerate(predictions)]
     rows: list[dict[str, Any]] = []
     for i, prediction in enumerate(predictions):
+        meta = batch["meta"][i] if "meta" in batch else {}
         row: dict[str, Any] = {
-            "image_id": str(batch["meta"][i].get("image_id", i)),
-            "overlay": _wandb_image(pl_module, batch, i, prediction),
+            "image_id": overlay_name(meta, i),
+            "overlay": _wandb_image(pl_module, batch, i, views[i], draw_score_threshold),
         }
         for name in draw_order(prediction):
             task = pl_module.tasks[name]
             truth = None
-            if bool(batch["has"].get(name, torch.zeros(i + 1))[i]):
-                target = ground_truth_as_prediction(name, batch["targets"][name][i])
+            has = batch["has"].get(name)
+            if has is not None and bool(has[i]) and name in batch["targets"]:
+                target = ground_truth_as_prediction(name, to_cpu(batch["targets"][name][i]))
                 truth = describe(task, target, scores=False)
             row[f"{name} truth"] = truth
             row[f"{name} prediction"] = describe(task, to_cpu(prediction[name]))
@@ -225,10 +315,14 @@ def _wandb_table(
 def describe(task: Any, value: Any, scores: bool = True) -> str:
     """A short text of one truth or prediction, from the task's own ``prediction_to_json``:
     ``circle 0.93`` (a class), ``3 boxes: circle 0.91, ...`` (the five best boxes),
-    ``background 81%, circle 12%`` (the classes of a mask, by area)."""
+    ``background 81%, circle 12%`` (the classes of a mask, by area); any other record as
+    ``key value`` pairs."""
     entries = task.prediction_to_json(value)
     if isinstance(entries, dict):
         entries = [entries]
+    if entries and not all(isinstance(e, dict) and "name" in e for e in entries):
+        return "; ".join(", ".join(f"{k} {v}" for k, v in e.items()) if isinstance(e, dict)
+                         else str(e) for e in entries)
     boxes = getattr(task, "name", "") == "detection" or any("box_xyxy" in e for e in entries)
     if entries and "pixels" in entries[0]:
         total = sum(e["pixels"] for e in entries) or 1
@@ -243,37 +337,28 @@ def describe(task: Any, value: Any, scores: bool = True) -> str:
     return text or "(none)"
 
 
-def _enlarged(picture: torch.Tensor, scale: int) -> torch.Tensor:
-    """Repeat every pixel ``scale`` times along both image axes (the last two)."""
-    if scale == 1:
-        return picture
-    return picture.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-
-
-def _scaled(task: str, value: Any, scale: int) -> Any:
-    """A prediction or target drawn on an image enlarged ``scale`` times."""
-    if scale == 1:
-        return value
-    if task == "segmentation":
-        return _enlarged(value, scale)
-    if task == "detection":
-        return {**value, "boxes": value["boxes"] * scale}
-    return value
-
-
 def _labels(task: Any) -> dict[int, str]:
     return dict(enumerate(task.class_names))
 
 
-def _wandb_masks(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> dict:
-    if "segmentation" not in prediction:
+def _wandb_mask(mask: torch.Tensor, num_classes: int) -> Any:
+    """A mask for W&B: every value that is no class (ignore, void) becomes ``WANDB_IGNORE``."""
+    mask = mask.long()
+    known = (mask >= 0) & (mask < num_classes)
+    return torch.where(known, mask, WANDB_IGNORE).to(torch.uint8).numpy()
+
+
+def _wandb_masks(pl_module: LightningModule, predicted: dict, truth: dict) -> dict:
+    if "segmentation" not in predicted:
         return {}
     task = pl_module.tasks["segmentation"]
-    labels = {**_labels(task), 255: "ignore"}
-    masks = {"prediction": {"mask_data": prediction["segmentation"].cpu().numpy(),
+    labels = {**_labels(task), WANDB_IGNORE: "ignore"}
+    masks = {"prediction": {"mask_data": _wandb_mask(predicted["segmentation"],
+                                                     task.num_classes),
                             "class_labels": labels}}
-    if bool(batch["has"]["segmentation"][i]):
-        masks["ground_truth"] = {"mask_data": batch["targets"]["segmentation"][i].numpy(),
+    if "segmentation" in truth:
+        masks["ground_truth"] = {"mask_data": _wandb_mask(truth["segmentation"],
+                                                          task.num_classes),
                                  "class_labels": labels}
     return masks
 
@@ -289,31 +374,36 @@ def _box_data(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
     ]
 
 
-def _wandb_boxes(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> dict:
-    if "detection" not in prediction:
+def _wandb_boxes(pl_module: LightningModule, predicted: dict, truth: dict,
+                 draw_score_threshold: float = 0.0) -> dict:
+    if "detection" not in predicted:
         return {}
     task = pl_module.tasks["detection"]
-    found = to_cpu(prediction["detection"])
+    found = confident(predicted["detection"], draw_score_threshold)
     boxes = {"predictions": {"box_data": _box_data(found["boxes"], found["labels"],
                                                    found["scores"], task.class_names),
                              "class_labels": _labels(task)}}
-    if bool(batch["has"]["detection"][i]):
-        truth = ground_truth_as_prediction("detection", batch["targets"]["detection"][i])
-        boxes["ground_truth"] = {"box_data": _box_data(truth["boxes"], truth["labels"],
-                                                       truth["scores"], task.class_names),
+    if "detection" in truth:
+        target = truth["detection"]
+        keep = ~target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
+        boxes["ground_truth"] = {"box_data": _box_data(target["boxes"][keep],
+                                                       target["labels"][keep],
+                                                       target["scores"][keep],
+                                                       task.class_names),
                                  "class_labels": _labels(task)}
     return boxes
 
 
-def _caption(pl_module: LightningModule, batch: dict, i: int, prediction: dict) -> str:
-    if "classification" not in prediction:
-        return str(batch["meta"][i].get("image_id", i))
+def _caption(pl_module: LightningModule, batch: dict, i: int, predicted: dict,
+             truth: dict) -> str:
+    meta = batch["meta"][i] if "meta" in batch else {}
+    if "classification" not in predicted:
+        return overlay_name(meta, i)
     task = pl_module.tasks["classification"]
-    predicted = ", ".join(task.class_names[int(c)] for c in prediction["classification"]["labels"])
-    caption = f"predicted: {predicted or '(none)'}"
-    if bool(batch["has"]["classification"][i]):
-        truth = ground_truth_as_prediction("classification",
-                                           batch["targets"]["classification"][i])
-        true_names = ", ".join(task.class_names[int(c)] for c in truth["labels"])
-        caption = f"true: {true_names} / {caption}"
+    names = ", ".join(task.class_names[int(c)] for c in predicted["classification"]["labels"])
+    caption = f"predicted: {names or '(none)'}"
+    if "classification" in truth:
+        true_names = ", ".join(task.class_names[int(c)]
+                               for c in truth["classification"]["labels"])
+        caption = f"true: {true_names or '(none)'} / {caption}"
     return caption

@@ -1,13 +1,21 @@
 """Writes ``predict`` results: per image a JSON, a mask PNG and an overlay picture.
 
-For ``photo.jpg`` it writes ``photo.json`` (image class with score, boxes with class names and
-scores, mask pixel counts), ``photo_mask.png`` (the class index of each pixel at the image's
-original size) and ``photo_overlay.png`` (mask, boxes and class drawn over the image).
+Every file is keyed by the image's full file name, so ``photo.jpg`` and ``photo.png`` never
+overwrite each other: ``photo.jpg.json`` (image class with score, boxes with class names and
+scores, mask pixel counts), ``photo.jpg.mask.png`` (the class index of each pixel at the
+image's original size) and ``photo.jpg.overlay.png`` (mask, boxes and class drawn over the
+image; boxes scoring below ``draw_score_threshold`` are left out of the picture, not out of
+the JSON).
+
+An image that could not be read is skipped, the others are written: the skipped ones are
+listed in ``skipped.json`` (file and reason) and in :attr:`PredictionWriter.skipped`, and the
+CLI then ends with an error naming them (exit code 2).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +27,12 @@ from torchvision.io import write_png
 from mtl_lightning.callbacks.metrics_report import run_directory
 from mtl_lightning.data.images import load_rgb
 
+log = logging.getLogger(__name__)
+
 #: Order in which tasks are drawn: masks first, then boxes, then the image label on top.
 DRAW_ORDER = ("segmentation", "detection", "classification")
+#: Written next to the predictions when some images could not be read.
+SKIPPED_FILE = "skipped.json"
 
 
 def draw_order(tasks: Any) -> list[str]:
@@ -34,12 +46,18 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         output_dir: where to write; default ``<run directory>/predictions``.
         overlays: also draw the predictions over each image.
+        draw_score_threshold: boxes scoring below this are not drawn in the overlay pictures
+            (the JSON keeps every box).
     """
 
-    def __init__(self, output_dir: str | None = None, overlays: bool = True) -> None:
+    def __init__(self, output_dir: str | None = None, overlays: bool = True,
+                 draw_score_threshold: float = 0.3) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.overlays = overlays
+        self.draw_score_threshold = draw_score_threshold
+        #: ``(image path, reason)`` of the images the last ``predict`` could not read.
+        self.skipped: list[tuple[str, str]] = []
 
     def _directory(self, trainer: Trainer) -> Path:
         directory = (
@@ -48,6 +66,9 @@ class PredictionWriter(BasePredictionWriter):
         directory.mkdir(parents=True, exist_ok=True)
         return directory
 
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.skipped = []
+
     def write_on_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
         batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int,
@@ -55,21 +76,63 @@ class PredictionWriter(BasePredictionWriter):
         directory = self._directory(trainer)
         tasks = pl_module.tasks
         for item in prediction:
-            path = Path(item["meta"]["path"])
+            meta = item["meta"]
+            path = Path(meta["path"])
+            if "error" in meta:
+                self.skipped.append((str(path), str(meta["error"])))
+                continue
+            name = meta.get("name", path.name)
             predictions = item["predictions"]
-            record = {"image": str(path), "size_hw": list(item["meta"]["orig_size"])}
+            record = {"image": str(path), "size_hw": list(meta["orig_size"])}
             record.update({
-                name: tasks[name].prediction_to_json(pred) for name, pred in predictions.items()
+                task: tasks[task].prediction_to_json(pred) for task, pred in predictions.items()
             })
-            (directory / f"{path.stem}.json").write_text(json.dumps(record, indent=2))
+            (directory / f"{name}.json").write_text(json.dumps(record, indent=2))
             if "segmentation" in predictions:
                 mask = predictions["segmentation"].to(torch.uint8).cpu()[None]
-                write_png(mask, str(directory / f"{path.stem}_mask.png"))
+                write_png(mask, str(directory / f"{name}.mask.png"))
             if self.overlays:
                 image = load_rgb(path, max_pixels=2**62)  # already decoded once: no limit
-                for name in draw_order(predictions):
-                    image = tasks[name].draw(image, to_cpu(predictions[name]))
-                write_png(image, str(directory / f"{path.stem}_overlay.png"))
+                for task in draw_order(predictions):
+                    drawn = confident(to_cpu(predictions[task]), self.draw_score_threshold)
+                    image = tasks[task].draw(image, drawn)
+                write_png(image, str(directory / f"{name}.overlay.png"))
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.skipped:
+            return
+        listing = [{"image": path, "reason": reason} for path, reason in self.skipped]
+        target = self._directory(trainer) / SKIPPED_FILE
+        target.write_text(json.dumps(listing, indent=2))
+        log.warning("predict skipped %d unreadable image(s), listed in %s: %s",
+                    len(self.skipped), target, ", ".join(path for path, _ in self.skipped))
+
+
+class SkippedImagesError(ValueError):
+    """``predict`` wrote every readable image but had to skip some (one sentence)."""
+
+
+def skipped_images_error(writers: list[PredictionWriter]) -> SkippedImagesError | None:
+    """The error that ends a ``predict`` that skipped images, or None when none was."""
+    skipped = [path for writer in writers for path, _ in writer.skipped]
+    if not skipped:
+        return None
+    shown = ", ".join(Path(p).name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    return SkippedImagesError(
+        f"predict skipped {len(skipped)} image(s) it could not read ({shown}; reasons in "
+        f"{SKIPPED_FILE} next to the predictions); the other images' predictions are written."
+    )
+
+
+def confident(prediction: Any, threshold: float) -> Any:
+    """``prediction`` without the boxes scoring below ``threshold`` (for pictures: the
+    metrics and the written JSON keep every box). Predictions without boxes are returned as
+    they are."""
+    if not isinstance(prediction, dict) or "boxes" not in prediction or threshold <= 0:
+        return prediction
+    keep = prediction["scores"] >= threshold
+    return {key: value[keep] if isinstance(value, torch.Tensor) and value.ndim
+            and value.shape[0] == len(keep) else value for key, value in prediction.items()}
 
 
 def to_cpu(value: Any) -> Any:

@@ -25,9 +25,9 @@ from mtl_lightning.data.coco import (
     segmentation_category_ids,
 )
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
 from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
-from mtl_lightning.data.transforms import eval_transforms, train_transforms
+from mtl_lightning.data.transforms import ResizeMode, eval_transforms, train_transforms
 from mtl_lightning.data.validation import DataError, load_and_validate, load_coco_json
 from mtl_lightning.data.workers import freeze_in_worker
 
@@ -37,7 +37,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 class ImageFolderForPrediction(Dataset):
-    """Every image file of a folder (sorted), for ``predict``: no labels, original size kept."""
+    """Every image file of a folder (sorted), for ``predict``: no labels, original size kept.
+
+    Each sample's ``meta["name"]`` is the file's name with its extension (``a.jpg`` and
+    ``a.png`` are two names), the key of everything ``predict`` writes for it. A file that
+    cannot be read (corrupt, truncated, above ``max_pixels``) does not stop the others: its
+    sample is a black placeholder whose ``meta["error"]`` holds the one-sentence reason, and
+    ``predict`` lists it instead of predicting.
+    """
 
     def __init__(
         self, folder: str | Path, transforms: Any, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -62,9 +69,14 @@ class ImageFolderForPrediction(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        image = load_rgb(path, self.max_pixels, context="data.predict_images")
-        sample = {"image": tv_tensors.Image(image), "targets": {}, "has": {},
-                  "meta": {"path": str(path), "orig_size": tuple(image.shape[-2:])}}
+        meta: dict[str, Any] = {"path": str(path), "name": path.name}
+        try:
+            image = load_rgb(path, self.max_pixels, context="data.predict_images")
+        except ImageDecodeError as error:
+            image = torch.zeros(3, 1, 1, dtype=torch.uint8)
+            meta["error"] = str(error).split("; ")[0] + "."  # the fix is not in annotations
+        meta["orig_size"] = tuple(image.shape[-2:])
+        sample = {"image": tv_tensors.Image(image), "targets": {}, "has": {}, "meta": meta}
         return self.transforms(sample)
 
 
@@ -83,6 +95,9 @@ class MultiTaskDataModule(LightningDataModule):
         translate: random translation as a fraction of the image (training).
         color_jitter: brightness/contrast/saturation jitter strength (training).
         predict_images: a folder of images for ``predict``.
+        resize: ``stretch`` (both sides to ``image_size``) or ``letterbox`` (longest side to
+            ``image_size``, padded to a square: photos keep their aspect ratio); see
+            :mod:`mtl_lightning.data.transforms`.
         cache_samples: decode every sample of a split once, when its first loader is made,
             and keep it in memory (before the random transforms); loader workers share it.
             About 65 KB per 128 px sample (image, mask, boxes), held once per DDP process, so
@@ -103,6 +118,7 @@ class MultiTaskDataModule(LightningDataModule):
         color_jitter: float = 0.2,
         predict_images: str | None = None,
         cache_samples: bool = False,
+        resize: ResizeMode = "stretch",
     ) -> None:
         super().__init__()
         from mtl_lightning.tasks import TASKS  # the registry is the one list of task types
@@ -122,7 +138,13 @@ class MultiTaskDataModule(LightningDataModule):
                         "color_jitter": color_jitter}
         self.predict_images = predict_images
         self.cache_samples = cache_samples
+        eval_transforms(1, (), resize)  # an unknown mode is refused here, in one sentence
+        self.resize = resize
         self.datasets: dict[str, Dataset] = {}
+
+    #: Largest image (pixels) decoded; COCO data modules make it the option
+    #: ``data.max_image_pixels``, which ``predict`` then applies to its folder too.
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def task_info(self) -> dict[str, dict[str, Any]]:
@@ -146,10 +168,10 @@ class MultiTaskDataModule(LightningDataModule):
                  len(dataset), split, time.perf_counter() - start, megabytes)
 
     def train_transforms(self) -> Any:
-        return train_transforms(self.image_size, self.tasks, **self.augment)
+        return train_transforms(self.image_size, self.tasks, resize=self.resize, **self.augment)
 
     def eval_transforms(self) -> Any:
-        return eval_transforms(self.image_size, self.tasks)
+        return eval_transforms(self.image_size, self.tasks, self.resize)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if split not in self.datasets:
@@ -184,7 +206,8 @@ class MultiTaskDataModule(LightningDataModule):
                 "predict needs a folder of images: pass --data.predict_images PATH/TO/FOLDER."
             )
         self.datasets["predict"] = ImageFolderForPrediction(
-            self.predict_images, eval_transforms(self.image_size, ())
+            self.predict_images, eval_transforms(self.image_size, (), self.resize),
+            max_pixels=self.max_image_pixels,
         )
         return self._loader("predict", shuffle=False, batch_size=self.eval_batch_size)
 

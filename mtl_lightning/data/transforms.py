@@ -9,19 +9,81 @@ transform flattens and rebuilds the whole structure it is given, and the sample'
 flags and ``meta`` (path, id, original size) would add leaves to every one of those passes
 without ever being transformed (measured: a training sample 3.25 -> 3.01 ms, an evaluation
 sample 1.52 -> 1.43 ms; see BENCHMARKS.md).
+
+Two ways to reach the square ``image_size`` input (``data.resize``):
+
+- ``stretch``: resize both sides to ``image_size``. Right for square images (Scenes); a photo
+  is squashed.
+- ``letterbox``: resize the longest side to ``image_size`` (``v2.Resize(size=None,
+  max_size=...)``), keeping the aspect ratio, then pad the bottom and right edges to a square
+  (black image, ignore (255) mask; boxes are unchanged by padding there). Chosen over "shortest
+  side + crop" because nothing of the photo is cut away: every object can be found, and every
+  original pixel gets a prediction. Padding only at the bottom and right keeps the mapping back
+  to the original pixels a pure scale of the top-left ``content_size`` region.
+
+Evaluation samples record that region in ``meta["content_size"]`` (height, width): the part of
+the model input that holds the image, computed by the same torchvision resize the image went
+through, so ``predict`` and the overlays map predictions back to the original pixels exactly.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
+
+ResizeMode = Literal["stretch", "letterbox"]
+RESIZE_MODES = ("stretch", "letterbox")
+
+
+class PadToSquare(v2.Transform):
+    """Pad the bottom and right edges to ``size`` x ``size``: images with 0, masks with 255
+    (ignore), boxes unchanged (only their canvas grows). An input already as large is left
+    as it is."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return {"padding": [0, 0, max(0, self.size - width), max(0, self.size - height)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not any(params["padding"]) or not isinstance(
+            inpt, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)
+        ):
+            return inpt
+        fill = IGNORE_INDEX if isinstance(inpt, tv_tensors.Mask) else 0
+        return TF.pad(inpt, params["padding"], fill=fill)
+
+
+def resize_steps(image_size: int, mode: ResizeMode) -> list[v2.Transform]:
+    """The steps that bring any image to ``image_size`` x ``image_size`` (see the module
+    docstring for the two modes)."""
+    if mode == "stretch":
+        return [v2.Resize((image_size, image_size), antialias=True)]
+    if mode == "letterbox":
+        return [v2.Resize(size=None, max_size=image_size, antialias=True),
+                PadToSquare(image_size)]
+    raise ValueError(f"data.resize must be one of {list(RESIZE_MODES)}, got {mode!r}.")
+
+
+def content_size(orig_size: tuple[int, int], image_size: int,
+                 mode: ResizeMode) -> tuple[int, int]:
+    """(height, width) of the region at the top left of the model input that holds an image
+    of ``orig_size``: torchvision's own resize applied to an empty box list of that canvas."""
+    frame = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
+                                     canvas_size=tuple(orig_size))
+    resized = resize_steps(image_size, mode)[0](frame)
+    return tuple(int(v) for v in resized.canvas_size)
 
 
 def _detection_labels(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
@@ -40,14 +102,23 @@ def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:
 
 class SampleTransform:
     """Apply ``pipeline`` to a sample's ``image`` and ``targets``; every other key of the
-    sample is passed through untouched."""
+    sample is passed through untouched. With ``content`` (``(image_size, mode)`` of a
+    deterministic pipeline), ``meta["content_size"]`` records where the image lies in the
+    output (see :func:`content_size`)."""
 
-    def __init__(self, pipeline: v2.Compose) -> None:
+    def __init__(self, pipeline: v2.Compose,
+                 content: tuple[int, ResizeMode] | None = None) -> None:
         self.pipeline = pipeline
+        self.content = content
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         moving = {key: sample[key] for key in ("image", "targets") if key in sample}
-        return {**sample, **self.pipeline(moving)}
+        result = {**sample, **self.pipeline(moving)}
+        if self.content is not None and "image" in sample:
+            orig = tuple(sample["image"].shape[-2:])
+            result["meta"] = {**sample.get("meta", {}),
+                              "content_size": content_size(orig, *self.content)}
+        return result
 
     def __repr__(self) -> str:
         return f"SampleTransform({self.pipeline!r})"
@@ -60,12 +131,14 @@ def train_transforms(
     scale: tuple[float, float] = (0.8, 1.2),
     translate: float = 0.1,
     color_jitter: float = 0.2,
+    resize: ResizeMode = "stretch",
 ) -> SampleTransform:
-    """Resize to ``image_size``, then flip, scale/translate jitter and colour jitter.
+    """Resize to ``image_size`` (``resize``: see the module docstring), then flip,
+    scale/translate jitter and colour jitter.
 
     The affine jitter fills the uncovered border with black and with 255 (ignore) in masks.
     """
-    steps: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
+    steps: list[v2.Transform] = resize_steps(image_size, resize)
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if translate > 0 or scale != (1.0, 1.0):
@@ -78,7 +151,10 @@ def train_transforms(
     return SampleTransform(v2.Compose(steps + _finish(tasks)))
 
 
-def eval_transforms(image_size: int, tasks: tuple[str, ...]) -> SampleTransform:
-    """Resize to ``image_size`` and normalise; no randomness."""
-    return SampleTransform(v2.Compose([v2.Resize((image_size, image_size), antialias=True),
-                                       *_finish(tasks)]))
+def eval_transforms(
+    image_size: int, tasks: tuple[str, ...], resize: ResizeMode = "stretch"
+) -> SampleTransform:
+    """Resize to ``image_size`` (``resize``: see the module docstring) and normalise; no
+    randomness. Records ``meta["content_size"]``."""
+    return SampleTransform(v2.Compose([*resize_steps(image_size, resize), *_finish(tasks)]),
+                           content=(image_size, resize))

@@ -123,7 +123,10 @@ class Task(nn.Module, ABC):
     def resize_prediction(
         self, prediction: Any, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> Any:
-        """Map one sample's prediction from the model's input size to the original image."""
+        """Map one sample's prediction onto an image of ``to_size`` (the original image, or an
+        overlay picture). The image occupies the top-left ``from_size`` region of the model
+        input (the rest is letterbox padding, see :mod:`mtl_lightning.data.transforms`):
+        dense maps are cropped to it and resized, boxes scaled and clipped to ``to_size``."""
         return prediction
 
     @abstractmethod

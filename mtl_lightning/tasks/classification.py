@@ -9,6 +9,20 @@ heads use, which is what hard sharing is meant to exploit.
 Single-label (softmax cross-entropy with optional label smoothing, Szegedy et al. 2016) or
 multi-label (one sigmoid per class, binary cross-entropy). Targets are class indices [B]
 (single-label) or multi-hot vectors [B, C] (multi-label).
+
+Metrics, and which one is the headline (``{stage}/mtl/score``, checkpoint selection):
+
+- single-label: ``accuracy`` (micro) and ``macro_accuracy`` (mean per-class recall). The
+  headline is ``accuracy``; on imbalanced classes set ``headline: macro_accuracy``, where
+  always answering the majority class scores 1 / num_classes.
+- multi-label: ``map`` (mean average precision over the classes that occur, threshold-free)
+  and ``f1`` (macro F1 at ``threshold``), plus the micro and macro ``accuracy`` of every
+  (image, class) decision. The headline is ``map``: micro accuracy rewards a model that
+  predicts nothing (most classes are absent from most images), F1 depends on the threshold.
+
+A prediction is ``{"labels": [K], "scores": [K]}``, the scores aligned with the labels (one
+label for single-label; the classes at or above ``threshold`` for multi-label). Ground truth
+is drawn and described in the same form.
 """
 
 from __future__ import annotations
@@ -19,15 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MultilabelAccuracy,
-    MultilabelF1Score,
-)
-from torchvision.utils import draw_bounding_boxes
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.drawing import draw_text_lines
+from mtl_lightning.tasks.multilabel_metrics import (
+    OccurringClassesAveragePrecision,
+    OccurringClassesF1,
+)
+
+SINGLE_LABEL_METRICS = ("accuracy", "macro_accuracy")
+MULTILABEL_METRICS = ("map", "f1", "accuracy", "macro_accuracy")
+#: Lines of class names drawn at most (the rest is summarised as "+N more").
+MAX_DRAWN_LINES = 5
 
 
 class ClassificationTask(Task):
@@ -39,13 +58,16 @@ class ClassificationTask(Task):
         multilabel: several classes per image (BCE) instead of exactly one (CE).
         label_smoothing: cross-entropy label smoothing (single-label only).
         dropout: dropout before the linear layer.
-        threshold: probability above which a class is predicted (multi-label only).
+        threshold: probability at or above which a class is predicted (multi-label only);
+            also the decision threshold of the ``f1`` and ``accuracy`` metrics.
         features: ``deepest`` (pool the deepest backbone map) or ``pyramid`` (pool and
             concatenate every FPN level).
+        headline: the metric that counts in ``{stage}/mtl/score`` and checkpoint selection
+            (default: ``accuracy`` single-label, ``map`` multi-label; see the module docstring).
     """
 
     name = "classification"
-    headline_metric = "accuracy"
+    headline_metric = "accuracy"  # single-label default; see ``headline``
 
     def __init__(
         self,
@@ -56,9 +78,19 @@ class ClassificationTask(Task):
         dropout: float = 0.0,
         threshold: float = 0.5,
         features: Literal["deepest", "pyramid"] = "deepest",
+        headline: str | None = None,
     ) -> None:
         super().__init__(num_classes, class_names)
         self.multilabel = multilabel
+        available = MULTILABEL_METRICS if multilabel else SINGLE_LABEL_METRICS
+        headline = headline or available[0]
+        if headline not in available:
+            kind = "multi-label" if multilabel else "single-label"
+            raise ValueError(
+                f"classification.headline must be one of {list(available)} for {kind} "
+                f"classification, got '{headline}'."
+            )
+        self.headline_metric = headline
         self.label_smoothing = label_smoothing
         self.dropout = dropout
         self.threshold = threshold
@@ -97,19 +129,24 @@ class ClassificationTask(Task):
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         logits = outputs.float()
         if self.multilabel:
-            scores = logits.sigmoid()
-            return [
-                {"scores": s, "labels": (s >= self.threshold).nonzero().flatten()} for s in scores
-            ]
+            results = []
+            for probabilities in logits.sigmoid():
+                labels = (probabilities >= self.threshold).nonzero().flatten()
+                order = probabilities[labels].argsort(descending=True)
+                results.append({"labels": labels[order], "scores": probabilities[labels][order]})
+            return results
         scores, labels = logits.softmax(-1).max(-1)
         return [{"scores": s[None], "labels": c[None]} for s, c in zip(scores, labels)]
 
     def build_metrics(self, stage: str) -> MetricCollection:
         if self.multilabel:
+            threshold = self.threshold
             return MetricCollection({
-                "accuracy": MultilabelAccuracy(self.num_classes, average="micro"),
-                "macro_accuracy": MultilabelAccuracy(self.num_classes, average="macro"),
-                "f1": MultilabelF1Score(self.num_classes, average="macro"),
+                "map": OccurringClassesAveragePrecision(self.num_classes),
+                "f1": OccurringClassesF1(self.num_classes, threshold=threshold),
+                "accuracy": MultilabelAccuracy(self.num_classes, threshold, average="micro"),
+                "macro_accuracy": MultilabelAccuracy(self.num_classes, threshold,
+                                                     average="macro"),
             })
         return MetricCollection({
             "accuracy": MulticlassAccuracy(self.num_classes, average="micro"),
@@ -120,25 +157,35 @@ class ClassificationTask(Task):
         self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
         has: torch.Tensor,
     ) -> None:
-        if bool(has.any()):
-            metrics.update(outputs[has].float().detach(), targets[has].long())
+        if not bool(has.any()):
+            return
+        logits = outputs[has].float().detach()
+        # Probabilities, not logits: the multi-label metrics apply ``threshold`` to them.
+        scores = logits.sigmoid() if self.multilabel else logits
+        metrics.update(scores, targets[has].long())
 
     def prediction_to_json(self, prediction: dict[str, torch.Tensor]) -> Any:
-        if self.multilabel:
-            return [
-                {"class_id": int(i), "category_id": self.category_ids[int(i)],
-                 "name": self.class_names[int(i)], "score": float(prediction["scores"][i])}
-                for i in prediction["labels"]
-            ]
-        label = int(prediction["labels"][0])
-        return {"class_id": label, "category_id": self.category_ids[label],
-                "name": self.class_names[label], "score": float(prediction["scores"][0])}
+        """Multi-label: a list of ``{class_id, category_id, name, score}`` (empty when no class
+        is predicted); single-label: one such dict."""
+        entries = [
+            {"class_id": int(label), "category_id": self.category_ids[int(label)],
+             "name": self.class_names[int(label)], "score": float(score)}
+            for label, score in zip(prediction["labels"].tolist(),
+                                    prediction["scores"].tolist())
+        ]
+        if self.multilabel or len(entries) != 1:
+            return entries
+        return entries[0]
 
     def draw(self, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Write the predicted class name(s) in the top-left corner."""
+        """Write the class name(s) with scores in the top-left corner, one per line (names
+        only for a ground truth, marked ``"ground_truth": True``)."""
         entries = self.prediction_to_json(prediction)
         entries = entries if isinstance(entries, list) else [entries]
-        text = ", ".join(f"{e['name']} {e['score']:.2f}" for e in entries) or "(none)"
-        height, width = image.shape[-2:]
-        corner = torch.tensor([[0, 0, width - 1, min(12, height - 1)]], dtype=torch.float)
-        return draw_bounding_boxes(image, corner, labels=[text], colors="white", fill=False)
+        entries = sorted(entries, key=lambda e: -e["score"])
+        truth = bool(prediction.get("ground_truth", False))  # no scores to show
+        lines = [e["name"] if truth else f"{e['name']} {e['score']:.2f}"
+                 for e in entries[:MAX_DRAWN_LINES]]
+        if len(entries) > MAX_DRAWN_LINES:
+            lines.append(f"+{len(entries) - MAX_DRAWN_LINES} more")
+        return draw_text_lines(image, lines or ["(none)"])

@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import batched_nms, generalized_box_iou_loss
+from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.utils import draw_bounding_boxes
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
-from mtl_lightning.tasks.segmentation import class_colors
+from mtl_lightning.tasks.drawing import non_overlapping_labels
+from mtl_lightning.tasks.segmentation import IGNORE_COLOR, class_colors
 
 #: Scalar entries of torchmetrics' MeanAveragePrecision that are logged (it also returns
 #: per-class tensors and the class list, which are not scalars).
@@ -304,9 +305,12 @@ class DetectionTask(Task):
         self, prediction: dict[str, torch.Tensor], from_size: tuple[int, int],
         to_size: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
+        """Boxes of the top-left ``from_size`` region scaled onto ``to_size`` and clipped to
+        it (a box may reach past the image, into letterbox padding or beyond the border)."""
         scale_y, scale_x = to_size[0] / from_size[0], to_size[1] / from_size[1]
         scale = prediction["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
-        return {**prediction, "boxes": prediction["boxes"] * scale}
+        boxes = clip_boxes_to_image(prediction["boxes"] * scale, tuple(to_size))
+        return {**prediction, "boxes": boxes}
 
     # ---------------------------------------------------------------- output
     def prediction_to_json(self, prediction: dict[str, torch.Tensor]) -> Any:
@@ -320,16 +324,40 @@ class DetectionTask(Task):
         ]
 
     def draw(self, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
-        if len(prediction["boxes"]) == 0:
+        """Boxes (clipped to the image) in their class colours, best score drawn last (on
+        top); a label only where it does not cover a better box's label. A ground truth
+        (``"ground_truth": True``) is labelled without scores, its crowd regions
+        (``iscrowd``) grey and labelled ``crowd``."""
+        boxes = prediction["boxes"].detach().cpu().float()
+        if len(boxes) == 0:
             return image
+        height, width = image.shape[-2:]
+        # To the last pixel, not the border past it: PIL draws x2 itself, so a box reaching
+        # past the image keeps a visible edge.
+        boxes = clip_boxes_to_image(boxes, (height - 1, width - 1))
+        labels = prediction["labels"].cpu()
+        scores = prediction["scores"].detach().cpu().float()
+        crowd = prediction.get("iscrowd", torch.zeros(len(boxes), dtype=torch.bool)).cpu().bool()
+        order = torch.argsort(scores, descending=True, stable=True)
         palette = class_colors(self.num_classes + 1)[1:]
-        labels = [
-            f"{self.class_names[int(c)]} {float(s):.2f}"
-            for c, s in zip(prediction["labels"], prediction["scores"])
+        truth = bool(prediction.get("ground_truth", False))  # names only, no scores
+        texts = [
+            "crowd" if bool(crowd[i]) else self.class_names[int(labels[i])] if truth
+            else f"{self.class_names[int(labels[i])]} {float(scores[i]):.2f}"
+            for i in order.tolist()
         ]
-        colors = [palette[int(c)] for c in prediction["labels"]]
+        shown = non_overlapping_labels(boxes[order], texts)
+        colors = [IGNORE_COLOR if bool(crowd[i]) else palette[int(labels[i])]
+                  for i in order.tolist()]
+        keep = (boxes[order, 2] > boxes[order, 0]) & (boxes[order, 3] > boxes[order, 1])
+        if not bool(keep.any()):
+            return image
+        index = keep.nonzero().flatten().tolist()
+        line = max(1, min(height, width) // 256 + 1)
+        # Reversed: the best box is drawn last, on top of the others.
         return draw_bounding_boxes(
-            image, prediction["boxes"].cpu(), labels=labels, colors=colors, width=1
+            image, boxes[order][index].flip(0), labels=[shown[i] for i in index][::-1],
+            colors=[colors[i] for i in index][::-1], width=line, fill_labels=True,
         )
 
 

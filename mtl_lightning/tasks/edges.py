@@ -22,6 +22,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.drawing import dense_to_size
 
 IGNORE_INDEX = 255
 
@@ -122,14 +123,17 @@ class EdgeTask(Task):
 
     def resize_prediction(self, prediction: torch.Tensor, from_size: tuple[int, int],
                           to_size: tuple[int, int]) -> torch.Tensor:
-        if tuple(from_size) == tuple(to_size):
-            return prediction
-        resized = F.interpolate(prediction[None, None].float(), size=to_size, mode="nearest")
-        return resized[0, 0].to(torch.uint8)
+        return dense_to_size(prediction, from_size, to_size)
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
-        return {"edge_pixels": int(prediction.sum())}
+        """Edge pixels; ground truth may also hold ignored (255) pixels, counted apart."""
+        ignored = prediction == IGNORE_INDEX
+        record = {"edge_pixels": int((prediction == 1).sum())}
+        if bool(ignored.any()):
+            record["ignored_pixels"] = int(ignored.sum())
+        return record
 
     def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        return draw_segmentation_masks(image, prediction.bool().cpu()[None], alpha=0.8,
+        """Edges in white (ignored pixels of a ground truth are not drawn)."""
+        return draw_segmentation_masks(image, (prediction == 1).cpu()[None], alpha=0.8,
                                        colors=[(255, 255, 255)])

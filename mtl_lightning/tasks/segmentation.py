@@ -20,8 +20,11 @@ from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.drawing import dense_to_size
 
 IGNORE_INDEX = 255
+#: Colour of ignored pixels (255, void, crowd) in pictures of ground truth.
+IGNORE_COLOR = (128, 128, 128)
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -137,23 +140,36 @@ class SegmentationTask(Task):
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> torch.Tensor:
-        if tuple(from_size) == tuple(to_size):
-            return prediction
-        resized = F.interpolate(prediction[None, None].float(), size=to_size, mode="nearest")
-        return resized[0, 0].long()
+        return dense_to_size(prediction, from_size, to_size)
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
-        """Pixel counts per predicted class; the mask PNG holds the class indices listed here."""
-        counts = torch.bincount(prediction.flatten(), minlength=self.num_classes)
-        return [
+        """Pixel counts per class present; the mask PNG holds the class indices listed here.
+        Pixels that are no class (ignore 255, void, crowd: only in ground truth) are counted
+        under ``"ignore"`` with ``class_id`` null."""
+        values = prediction.flatten().long()
+        known = (values >= 0) & (values < self.num_classes)
+        counts = torch.bincount(values[known], minlength=self.num_classes)
+        entries: list[dict[str, Any]] = [
             {"class_id": i, "category_id": self.category_ids[i], "name": self.class_names[i],
              "pixels": int(c)}
-            for i, c in enumerate(counts) if c > 0
+            for i, c in enumerate(counts.tolist()) if c > 0
         ]
+        ignored = int((~known).sum())
+        if ignored:
+            entries.append({"class_id": None, "category_id": None, "name": "ignore",
+                            "pixels": ignored})
+        return entries
 
     def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        masks = prediction[None] == torch.arange(1, self.num_classes, device=prediction.device)[
-            :, None, None
-        ]
+        """Classes other than background in their colours; pixels that are no class (ignore,
+        void, crowd) in grey."""
+        prediction = prediction.cpu().long()
+        masks = prediction[None] == torch.arange(1, self.num_classes)[:, None, None]
         colors = class_colors(self.num_classes)[1:]
-        return draw_segmentation_masks(image, masks.cpu(), alpha=0.45, colors=colors)
+        ignored = (prediction < 0) | (prediction >= self.num_classes)
+        if bool(ignored.any()):
+            masks = torch.cat([masks, ignored[None]])
+            colors = [*colors, IGNORE_COLOR]
+        if len(masks) == 0:
+            return image
+        return draw_segmentation_masks(image, masks, alpha=0.45, colors=colors)

@@ -1,0 +1,162 @@
+"""Overlay pictures of real-photo-like samples: multi-label ground truth, ignore and void
+pixels, crowd boxes, empty and unlabelled images, two sources with the same image ids, and
+images that are not square. Nothing crashes, names are unique, the aspect ratio is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import wandb
+from PIL import Image
+from torchvision import tv_tensors
+
+from mtl_lightning.callbacks.prediction_overlays import (
+    PredictionOverlays,
+    _wandb_table,
+    per_image_scores,
+)
+from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.transforms import eval_transforms
+from mtl_lightning.module import MultiTaskModule
+
+TASKS = ("classification", "segmentation", "detection")
+SIZE = 64
+NAMES = ["nut", "date", "fig"]
+
+
+def _info(classification: str) -> dict:
+    info = {"segmentation": {"num_classes": 4, "class_names": ["background", *NAMES]},
+            "detection": {"num_classes": 3, "class_names": NAMES}}
+    if classification == "multi":
+        info["classification"] = {"num_classes": 3, "class_names": NAMES, "multilabel": True}
+    elif classification == "single":
+        info["classification"] = {"num_classes": 3, "class_names": NAMES}
+    return info
+
+
+def _sample(height: int, width: int, image_id: int, source: str | None, classification: str,
+            objects: int = 2) -> dict:
+    """A photo-like sample: a mask with ignore (255: void, crowd) pixels, boxes (the last one
+    a crowd region), image labels of the given mode, run through the letterbox transforms."""
+    mask = torch.zeros(height, width, dtype=torch.uint8)
+    mask[: height // 4] = 255
+    boxes, labels = [], []
+    for k in range(objects):
+        box = [4.0 + 6 * k, height / 3, width / 2 + 3 * k, height - 4.0]
+        mask[int(box[1]):int(box[3]), int(box[0]):int(box[2])] = k % 3 + 1
+        boxes.append(box)
+        labels.append(k % 3)
+    tasks = [t for t in TASKS if t != "classification" or classification != "none"]
+    targets: dict = {
+        "segmentation": tv_tensors.Mask(mask),
+        "detection": {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes).reshape(-1, 4),
+                                                        format="XYXY",
+                                                        canvas_size=(height, width)),
+                      "labels": torch.tensor(labels, dtype=torch.long),
+                      "iscrowd": torch.arange(objects) == objects - 1},
+    }
+    if classification == "multi":
+        targets["classification"] = torch.zeros(3, dtype=torch.long)
+        targets["classification"][torch.tensor(labels[:-1], dtype=torch.long)] = 1
+    elif classification == "single":
+        targets["classification"] = torch.tensor(image_id % 3)
+    meta = {"image_id": image_id, "orig_size": (height, width)}
+    if source is not None:
+        meta["source"] = source
+    sample = {"image": tv_tensors.Image(torch.randint(0, 255, (3, height, width),
+                                                      dtype=torch.uint8)),
+              "targets": targets, "has": dict.fromkeys(tasks, True), "meta": meta}
+    return eval_transforms(SIZE, tuple(tasks), "letterbox")(sample)
+
+
+def _samples(classification: str) -> list[dict]:
+    samples = [
+        _sample(48, 96, 1, "boards", classification),          # wide
+        _sample(90, 60, 1, "boards_val", classification),      # tall, same image id
+        _sample(50, 70, 2, "boards", classification, objects=1),  # only a crowd region
+        _sample(40, 40, 3, None, classification, objects=0),   # no object at all
+    ]
+    if classification != "none":  # an image without an image label
+        samples[-1]["has"]["classification"] = False
+    return samples
+
+
+def _model(classification: str) -> MultiTaskModule:
+    torch.manual_seed(0)
+    return MultiTaskModule(task_info=_info(classification), backbone="test_resnet",
+                           neck_channels=8).eval()
+
+
+@pytest.mark.parametrize("classification", ["single", "multi", "none"])
+def test_overlays_of_every_label_mode_are_written_with_unique_names_and_true_aspect(
+    classification: str, tmp_path: Path
+) -> None:
+    samples = _samples(classification)
+    trainer = SimpleNamespace(
+        sanity_checking=False, current_epoch=0, loggers=[], default_root_dir=str(tmp_path),
+        datamodule=SimpleNamespace(datasets={"val": samples}),
+    )
+    PredictionOverlays(num_images=4).on_validation_epoch_end(trainer, _model(classification))
+    folder = tmp_path / "overlays" / "epoch000"
+    written = sorted(p.name for p in folder.glob("*.png"))
+    assert written == ["3.png", "boards_1.png", "boards_2.png", "boards_val_1.png"]
+    for name, (height, width) in [("boards_1.png", (48, 96)), ("boards_val_1.png", (90, 60)),
+                                  ("3.png", (40, 40))]:
+        picture_width, picture_height = Image.open(folder / name).size
+        half = (picture_width - 4) / 2
+        assert half / picture_height == pytest.approx(width / height, rel=0.03)
+        assert picture_height >= 256  # small images are enlarged to stay legible
+
+
+@pytest.mark.parametrize("classification", ["single", "multi", "none"])
+def test_wandb_table_handles_ignore_pixels_crowds_and_multilabel_truth(
+    classification: str,
+) -> None:
+    model = _model(classification)
+    batch = collate_multitask(_samples(classification))
+    with torch.no_grad():
+        predictions = model.predict_tasks(batch["image"])
+        scores = per_image_scores(model, batch["image"], batch)
+    table = _wandb_table(model, batch, predictions, scores)
+    rows = [dict(zip(table.columns, row)) for row in table.data]
+    assert [row["image_id"] for row in rows] == ["boards_1", "boards_val_1", "boards_2", "3"]
+    assert "ignore" in rows[0]["segmentation truth"]
+    assert rows[0]["detection truth"].startswith("1 boxes")  # the crowd region is not a box
+    assert rows[3]["detection truth"] == "0 boxes"
+    if classification == "multi":
+        assert rows[0]["classification truth"] == "nut"
+        assert rows[2]["classification truth"] == "(none)"
+    if classification != "none":
+        assert rows[3]["classification truth"] is None  # unlabelled
+    assert all(isinstance(row["overlay"], wandb.Image) for row in rows)
+
+
+def test_views_map_predictions_onto_the_picture_and_drop_unsure_boxes() -> None:
+    from mtl_lightning.callbacks.prediction_overlays import overlay_view, side_by_side
+
+    model = _model("multi")
+    batch = collate_multitask(_samples("multi")[:1])  # 48 x 96, letterboxed into 32 x 64
+    prediction = {
+        "classification": {"labels": torch.tensor([0]), "scores": torch.tensor([0.9])},
+        "segmentation": torch.zeros(SIZE, SIZE, dtype=torch.long),
+        "detection": {"boxes": torch.tensor([[8.0, 4, 40, 30], [0, 0, 70, 70]]),
+                      "labels": torch.tensor([0, 1]), "scores": torch.tensor([0.9, 0.1])},
+    }
+    image, predicted, truth = overlay_view(model, batch, 0, prediction)
+    assert image.shape == (3, 256, 512)  # 32 x 64 enlarged 8 times
+    assert predicted["segmentation"].shape == (256, 512)
+    assert truth["segmentation"].shape == (256, 512)
+    # Boxes scaled 8 times and clipped to the picture (the second one covered the padding).
+    torch.testing.assert_close(predicted["detection"]["boxes"],
+                               torch.tensor([[64.0, 32, 320, 240], [0, 0, 512, 256]]))
+    with_unsure = side_by_side(model, (image, predicted, truth), draw_score_threshold=0.0)
+    sure_only = side_by_side(model, (image, predicted, truth), draw_score_threshold=0.3)
+    without = dict(predicted, detection=dict(predicted["detection"],
+                                             boxes=predicted["detection"]["boxes"][:1],
+                                             labels=torch.tensor([0]),
+                                             scores=torch.tensor([0.9])))
+    assert torch.equal(sure_only, side_by_side(model, (image, without, truth)))
+    assert not torch.equal(with_unsure, sure_only)
