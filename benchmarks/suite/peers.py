@@ -30,7 +30,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 

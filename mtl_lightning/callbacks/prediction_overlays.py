@@ -70,6 +70,8 @@ def ground_truth_as_prediction(task: str, target: Any, crowd: bool = False) -> A
         return truth
     if task == "segmentation":
         return target.long()
+    if task == "depth" and target.dim() == 3:
+        return target[0]
     return target
 
 
@@ -217,16 +219,26 @@ class PredictionOverlays(Callback):
 def side_by_side(pl_module: LightningModule, view: tuple, draw_score_threshold: float = 0.0
                  ) -> torch.Tensor:
     """Ground truth (left) and prediction (right) of an :func:`overlay_view`, each drawn by
-    its task's ``draw``; boxes below ``draw_score_threshold`` are left out."""
+    its task's ``draw``; boxes below ``draw_score_threshold`` are left out. Tasks that draw
+    a map of their own (depth, normals) add a row each under the image: truth and
+    prediction (black where the image has no ground truth)."""
     image, predicted, truth = view
     left, right = image.clone(), image.clone()
+    rows = []
     for name in draw_order(predicted):
         task = pl_module.tasks[name]
+        if task.draws_panel:  # a depth or normal map: a row of its own under the image
+            truth_panel = (task.draw(image, truth[name]) if name in truth
+                           else torch.zeros_like(image))
+            rows.append((truth_panel, task.draw(image, predicted[name])))
+            continue
         if name in truth:
             left = task.draw(left, truth[name])
         right = task.draw(right, confident(predicted[name], draw_score_threshold))
     gap = torch.full((3, image.shape[1], 4), 255, dtype=torch.uint8)
-    return torch.cat([left, gap, right], dim=2)
+    lines = [torch.cat([a, gap, b], dim=2) for a, b in [(left, right), *rows]]
+    spacer = torch.full((3, 4, lines[0].shape[2]), 255, dtype=torch.uint8)
+    return torch.cat([part for line in lines for part in (line, spacer)][:-1], dim=1)
 
 
 def per_image_scores(

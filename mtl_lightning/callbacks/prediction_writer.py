@@ -1,11 +1,14 @@
-"""Writes ``predict`` results: per image a JSON, a mask PNG and an overlay picture.
+"""Writes ``predict`` results: per image a JSON, each task's files and an overlay picture.
 
 Every file is keyed by the image's full file name, so ``photo.jpg`` and ``photo.png`` never
 overwrite each other: ``photo.jpg.json`` (image class with score, boxes with class names and
-scores, mask pixel counts), ``photo.jpg.mask.png`` (the class index of each pixel at the
-image's original size) and ``photo.jpg.overlay.png`` (mask, boxes and class drawn over the
-image; boxes scoring below ``draw_score_threshold`` are left out of the picture, not out of
-the JSON).
+scores, mask pixel counts, depth statistics), the files each task writes
+(:meth:`~mtl_lightning.tasks.base.Task.prediction_files`: ``photo.jpg.mask.png`` with the class
+index of each pixel at the image's original size, ``photo.jpg.depth.png`` as 16-bit
+millimetres, ``photo.jpg.normals.png`` in the ``(n + 1) / 2`` encoding) and
+``photo.jpg.overlay.png`` (mask, boxes and class drawn over the image, depth and normal maps
+beside it; boxes scoring below ``draw_score_threshold`` are left out of the picture, not out
+of the JSON).
 
 An image that could not be read is skipped, the others are written: the skipped ones are
 listed in ``skipped.json`` (file and reason) and in :attr:`PredictionWriter.skipped`, and the
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
 from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
@@ -88,15 +92,20 @@ class PredictionWriter(BasePredictionWriter):
                 task: tasks[task].prediction_to_json(pred) for task, pred in predictions.items()
             })
             (directory / f"{name}.json").write_text(json.dumps(record, indent=2))
-            if "segmentation" in predictions:
-                mask = predictions["segmentation"].to(torch.uint8).cpu()[None]
-                write_png(mask, str(directory / f"{name}.mask.png"))
+            for task, pred in predictions.items():
+                for suffix, array in tasks[task].prediction_files(to_cpu(pred)).items():
+                    Image.fromarray(array).save(directory / f"{name}.{suffix}")
             if self.overlays:
                 image = load_rgb(path, max_pixels=2**62)  # already decoded once: no limit
+                panels = []
                 for task in draw_order(predictions):
                     drawn = confident(to_cpu(predictions[task]), self.draw_score_threshold)
-                    image = tasks[task].draw(image, drawn)
-                write_png(image, str(directory / f"{name}.overlay.png"))
+                    if tasks[task].draws_panel:  # a map of its own, beside the image
+                        panels.append(tasks[task].draw(image, drawn))
+                    else:
+                        image = tasks[task].draw(image, drawn)
+                write_png(torch.cat([image, *panels], dim=2),
+                          str(directory / f"{name}.overlay.png"))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.skipped:

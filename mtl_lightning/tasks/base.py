@@ -16,6 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -45,6 +46,9 @@ class Task(nn.Module, ABC):
     #: Whether the task predicts classes (and so needs the data's class count); regression
     #: tasks such as depth and normals do not.
     has_classes: ClassVar[bool] = True
+    #: Whether ``draw`` makes a picture of its own (a depth or normal map) to be shown beside
+    #: the image, rather than drawing over the image (masks, boxes, class names).
+    draws_panel: ClassVar[bool] = False
 
     def derive_targets(self, source: Any) -> Any:
         """This task's targets from the batch targets of ``derived_from``."""
@@ -132,6 +136,12 @@ class Task(nn.Module, ABC):
     @abstractmethod
     def prediction_to_json(self, prediction: Any) -> Any:
         """One sample's prediction as JSON-serialisable data (class names included)."""
+
+    def prediction_files(self, prediction: Any) -> dict[str, np.ndarray]:
+        """Files ``predict`` writes for one image besides its JSON: ``{suffix: array}``, each
+        array an image PIL can save (uint8 or uint16, ``H x W`` or ``H x W x 3``), e.g.
+        ``{"mask.png": ...}``. None by default."""
+        return {}
 
     @abstractmethod
     def draw(self, image: torch.Tensor, prediction: Any) -> torch.Tensor:

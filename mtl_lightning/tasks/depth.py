@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -37,6 +38,8 @@ from mtl_lightning.tasks.dense_metrics import DepthAbsError, DepthDelta, DepthRe
 
 #: The smallest depth a log can be taken of (the silog loss).
 MIN_DEPTH = 1e-3
+#: Depth units per step of the 16-bit PNG ``predict`` writes (millimetres for metres).
+PNG_SCALE = 0.001
 
 
 def depth_targets(targets: torch.Tensor) -> torch.Tensor:
@@ -62,6 +65,7 @@ class DepthTask(Task):
 
     name = "depth"
     has_classes = False
+    draws_panel = True
     headline_metric = "delta1"
     lower_is_better = frozenset({"abs_err", "rel_err", "rmse"})
 
@@ -137,6 +141,8 @@ class DepthTask(Task):
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> torch.Tensor:
+        if prediction.dim() == 3:  # a [1, H, W] target (ground truth drawn in overlays)
+            prediction = prediction[0]
         # ``from_size`` is the top-left region of the input that holds the image (a
         # letterboxed input is padded at the bottom and right)
         prediction = prediction[..., : from_size[0], : from_size[1]]
@@ -146,10 +152,16 @@ class DepthTask(Task):
                              align_corners=False)[0, 0]
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
-        """Summary statistics of the predicted depth (the map itself is written as a file)."""
+        """Summary statistics of the predicted depth, and how to read the map ``predict``
+        writes (``depth.png``: 16-bit, ``value * png_scale`` in the data's depth unit)."""
         values = prediction.float()
         return {"min": float(values.min()), "max": float(values.max()),
-                "mean": float(values.mean())}
+                "mean": float(values.mean()), "png_scale": PNG_SCALE}
+
+    def prediction_files(self, prediction: torch.Tensor) -> dict[str, np.ndarray]:
+        """The depth map as a 16-bit PNG (units of ``PNG_SCALE``, clipped to 0..65535)."""
+        values = prediction.float().cpu().numpy() / PNG_SCALE
+        return {"depth.png": np.clip(np.rint(values), 0, 65535).astype(np.uint16)}
 
     def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         """The depth map in colour (near dark, far bright), at the image's size; pixels

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -56,6 +57,7 @@ class NormalsTask(Task):
 
     name = "normals"
     has_classes = False
+    draws_panel = True
     headline_metric = "within_11_25"
     lower_is_better = frozenset({"mean_angle", "median_angle"})
 
@@ -142,6 +144,11 @@ class NormalsTask(Task):
         """The mean predicted normal (the map itself is written as a file)."""
         mean = F.normalize(prediction.float().mean(dim=(1, 2)), dim=0)
         return {"mean_normal": [float(v) for v in mean]}
+
+    def prediction_files(self, prediction: torch.Tensor) -> dict[str, np.ndarray]:
+        """The normal map as an RGB PNG in the usual ``(n + 1) / 2 * 255`` encoding."""
+        rgb = normals_to_rgb(prediction).permute(1, 2, 0)
+        return {"normals.png": rgb.numpy()}
 
     def draw(self, image: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         """The normal map in the ``(n + 1) / 2`` RGB encoding, at the image's size."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +142,10 @@ class SegmentationTask(Task):
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> torch.Tensor:
         return dense_to_size(prediction, from_size, to_size)
+
+    def prediction_files(self, prediction: torch.Tensor) -> dict[str, np.ndarray]:
+        """The class index of each pixel at the image's original size, as a PNG."""
+        return {"mask.png": prediction.to(torch.uint8).cpu().numpy()}
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
         """Pixel counts per class present; the mask PNG holds the class indices listed here.

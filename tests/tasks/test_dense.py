@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -265,3 +266,25 @@ def test_aspp_decoder_reads_the_last_backbone_map_and_no_pyramid() -> None:
     loss.backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, unused
+
+
+def test_predict_files_and_overlay_rows_of_the_dense_tasks() -> None:
+    from types import SimpleNamespace
+
+    from mtl_lightning.callbacks.prediction_overlays import side_by_side
+
+    depth, normals = built(DepthTask), built(NormalsTask)
+    files = depth.prediction_files(torch.full((4, 5), 1.2346))
+    assert files["depth.png"].dtype == np.uint16 and int(files["depth.png"][0, 0]) == 1235
+    assert depth.prediction_to_json(torch.ones(2, 2))["png_scale"] == 0.001
+    up = torch.zeros(3, 4, 5)
+    up[2] = 1
+    rgb = normals.prediction_files(up)["normals.png"]
+    assert rgb.shape == (4, 5, 3) and rgb[0, 0].tolist() == [128, 128, 255]
+    module = SimpleNamespace(tasks={"depth": depth, "normals": normals})
+    image = torch.zeros(3, 4, 5, dtype=torch.uint8)
+    picture = side_by_side(module, (image, {"depth": torch.ones(4, 5), "normals": up},
+                                    {"depth": torch.ones(4, 5)}))
+    # the image row (nothing drawn over it) and one row per dense task, 4-pixel gaps
+    assert picture.shape == (3, 3 * 4 + 2 * 4, 5 + 4 + 5)
+    assert int(picture[:, 2 * (4 + 4):, :5].max()) == 0  # normals truth missing: black
