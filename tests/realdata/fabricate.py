@@ -155,8 +155,8 @@ def camvid_folder(root: Path, count: int = 6, void: int = 3) -> dict[str, Path]:
         values[SIZE[1] // 2:, :] = 1  # road
         values[30:45, 10 + n * 5:35 + n * 5] = 2  # car
         values[:4, :] = void  # unlabelled border
-        colours = np.asarray([(120, 160, 230), (90, 90, 90), (220, 40, 40), (0, 0, 0)],
-                             dtype=np.uint8)
+        colours = np.zeros((256, 3), dtype=np.uint8)  # void stays black
+        colours[:3] = [(120, 160, 230), (90, 90, 90), (220, 40, 40)]
         name = f"0001TP_{n:06d}"
         (root / "images").mkdir(parents=True, exist_ok=True)
         Image.fromarray(colours[values]).save(root / "images" / f"{name}.png")
