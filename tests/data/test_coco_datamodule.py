@@ -178,3 +178,12 @@ def test_the_default_scenes_model_is_unchanged(tiny_scenes) -> None:
     assert list(followed.tasks) == list(explicit.tasks) == list(explicit_tasks)
     shapes = {k: v.shape for k, v in followed.state_dict().items()}
     assert shapes == {k: v.shape for k, v in explicit.state_dict().items()}
+
+
+def test_every_sample_names_its_source_and_image(tmp_path: Path, tiny_scenes) -> None:
+    data = _coco(board_multilabel(tmp_path / "board"))
+    data.setup()
+    metas = [data.datasets[split][0]["meta"] for split in ("train", "val")]
+    assert [(m["source"], m["image_id"]) for m in metas] == [("train", 1), ("val", 100)]
+    batch = next(iter(tiny_scenes.val_dataloader()))
+    assert {m["source"] for m in batch["meta"]} == {"scenes"}
