@@ -22,9 +22,11 @@ Each source is ``{"kind", "name", "split"}`` plus the arguments of its reader (s
 sample carries a target for every task of ``data.tasks``: tasks its source does not label get
 ``has[task] = False`` and a placeholder, so the model masks their loss and metrics.
 
-Classes are reconciled by name: every source labelling a task must have the same class names
-(order may differ); the data module uses the first such source's order and remaps the others'
-labels, before the transforms. Different names are an error, never a silent union.
+Classes are reconciled by name (see :func:`reconcile_classes`): within a split every source
+labelling a task must have the same class names (order may differ); the data module uses the
+first train source's order and remaps the others' labels, before the transforms. Different
+names within a split are an error, never a silent union; across splits a class missing from
+one split (a VOC val split without the rarest class) is a warning that lists it.
 
 Training: one DataLoader per train source (``batch_size`` images each), combined by Lightning's
 ``CombinedLoader`` in ``sampling_mode``; it yields ``{source: batch}`` and
@@ -384,6 +386,8 @@ class MultiSourceDataModule(MultiTaskDataModule):
         eval_loaders: ``concat`` (one validation/test loader over the split's sources) or
             ``per_source`` (a list of loaders; the model's steps must take ``dataloader_idx``).
         tasks: tasks to train (default: every task some source labels).
+        cache_samples: (of ``MultiTaskDataModule``) read every source of a split once, when
+            the split's first loader is made, and keep its untransformed samples in memory.
         **kwargs: loader and transform options of ``MultiTaskDataModule``; ``batch_size`` and
             ``num_workers`` apply to each train source's loader (a step sees ``batch_size``
             images per train source, except in ``sequential`` mode).

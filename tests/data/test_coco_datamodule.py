@@ -133,6 +133,8 @@ def test_tasks_follow_what_the_file_labels(tmp_path: Path) -> None:
     board = _coco(board_multilabel(tmp_path / "board"))
     assert board.tasks == ("classification", "segmentation", "detection")
     assert board.task_info["classification"]["multilabel"]
+    board_paths = board_multilabel(tmp_path / "board_off")
+    assert _coco(board_paths, image_labels="off").tasks == ("segmentation", "detection")
     boxes = single_category(tmp_path / "boxes")
     document = json.loads(boxes["annotations"].read_text())
     for annotation in document["annotations"]:
