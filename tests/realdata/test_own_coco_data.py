@@ -143,3 +143,17 @@ def test_the_example_config_and_its_cache_option(tmp_path: Path) -> None:
         main([*command, *tiny(tmp_path / f"runs{number}", overlays=False)])
         run = run_dir(tmp_path / f"runs{number}")
         assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("option", [["--model.tasks", "{classification: null}"],
+                                    ["--data.init_args.tasks", "[classification, detection]"]])
+def test_a_named_task_the_file_cannot_label_is_one_sentence(
+    option: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    paths = fabricate.single_category(tmp_path / "one")
+    command = substitute(_command("--data.init_args.annotations"), _placeholders(paths))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, *option, "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'classification'" in line and "segmentation" in line and "Union" not in line
