@@ -243,6 +243,9 @@ def _one_line(error: BaseException) -> str:
     """The user-facing sentence of an error, also when a DataLoader worker raised it (PyTorch
     then re-raises it with the worker's traceback folded into the message)."""
     message = str(error.args[0]) if error.args else str(error)
+    if "Union subtypes" in message and "\n  - " in message:
+        # A data module's own sentence, inside jsonargparse's report of each Union member.
+        message = message.split("\n  - ", 1)[1].split("\n", 1)[0]
     if "Original Traceback" in message:
         last = [line for line in message.splitlines() if line.strip()][-1]
         message = last.split(": ", 1)[-1]

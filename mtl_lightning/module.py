@@ -42,7 +42,7 @@ from mtl_lightning.balancing.task_gradients import (
 from mtl_lightning.metrics import delta_m
 from mtl_lightning.models import Backbone
 from mtl_lightning.models.architectures import build_architecture
-from mtl_lightning.tasks import build_task
+from mtl_lightning.tasks import build_task, trained_tasks
 
 Batch = dict[str, Any]
 
@@ -81,9 +81,14 @@ class MultiTaskModule(LightningModule):
     Args:
         tasks: task name -> that task's options (``null`` for defaults), e.g.
             ``{"classification": {"label_smoothing": 0.1}, "detection": null}``.
-            ``None`` trains every task the data labels.
+            ``None`` (the configs' default) trains every task the data labels, so a data set
+            that labels no image class trains segmentation and detection only. A named task
+            the data does not label is an error.
         task_info: task name -> ``{"num_classes", "class_names"}``; linked from the data
             module by the CLI, so class counts are never typed by hand.
+        task_options: task name -> default options of that task, applied to whichever tasks
+            are trained (named or followed from the data); options given in ``tasks`` win.
+            A config can so fix e.g. the decoder width once for any data set.
         backbone: timm model name (any CNN with ``features_only``).
         pretrained: load pretrained backbone weights (hub, or ``pretrained_file``).
         pretrained_file: local backbone weights file, for offline use.
@@ -128,6 +133,7 @@ class MultiTaskModule(LightningModule):
         self,
         tasks: dict[str, dict[str, Any] | None] | None = None,
         task_info: dict[str, dict[str, Any]] | None = None,
+        task_options: dict[str, dict[str, Any] | None] | None = None,
         backbone: str = "resnet18",
         pretrained: bool = False,
         pretrained_file: str | None = None,
@@ -152,10 +158,7 @@ class MultiTaskModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["balancer"])
         task_info = task_info or {}
-        if tasks is None:
-            tasks = dict.fromkeys(task_info)
-        if not tasks:
-            raise ValueError("model.tasks is empty and the data labels no task; name the tasks.")
+        tasks = trained_tasks(tasks, task_info, task_options)
 
         def make_backbone() -> Backbone:
             return Backbone(
@@ -164,7 +167,7 @@ class MultiTaskModule(LightningModule):
             )
 
         self.tasks = nn.ModuleDict({
-            name: build_task(name, options, task_info.get(name))
+            name: build_task(name, options, task_info.get(name), labelled=list(task_info))
             for name, options in tasks.items()
         })
         self.architecture = build_architecture(

@@ -30,10 +30,9 @@ AUXILIARY = REPO / "configs" / "experiment" / "aux_edges.yaml"
 
 
 def task_subset_config(tasks: tuple[str, ...], folder: Path) -> Path:
-    """A config file that keeps only ``tasks`` of the default model (with their options)."""
-    model = yaml.safe_load((REPO / "configs" / "model" / "hard.yaml").read_text())
-    subset = {"model": {"tasks": {t: model["tasks"][t] for t in tasks}},
-              "data": {"init_args": {"tasks": list(tasks)}}}
+    """A config file that keeps only ``tasks`` of the data; the default model trains what
+    the data labels, with its ``task_options``."""
+    subset = {"data": {"init_args": {"tasks": list(tasks)}}}
     path = folder / f"tasks_{len(tasks)}.yaml"
     path.write_text(yaml.safe_dump(subset))
     return path

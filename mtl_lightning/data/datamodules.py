@@ -80,11 +80,29 @@ class ImageFolderForPrediction(Dataset):
         return self.transforms(sample)
 
 
+class NamedSource:
+    """A sample transform that first records the sample's source in ``meta["source"]``.
+
+    With ``meta["image_id"]`` it names a sample uniquely even when several data sets are
+    shown together (overlay file names); :class:`~mtl_lightning.data.multisource.SourceDataset`
+    sets the same key for each of ``data.sources``.
+    """
+
+    def __init__(self, name: str, transforms: Any = None) -> None:
+        self.name, self.transforms = name, transforms
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        sample = {**sample, "meta": {**sample.get("meta", {}), "source": self.name}}
+        return self.transforms(sample) if self.transforms is not None else sample
+
+
 class MultiTaskDataModule(LightningDataModule):
     """Shared loader and transform options of every data module.
 
     Args:
-        tasks: tasks to load labels for.
+        tasks: tasks to load labels for; ``None`` (the default) loads every task the data
+            labels (a subclass decides which: Scenes labels all three, a COCO file what it
+            holds). A named task the data cannot label is an error.
         image_size: square training/evaluation size in pixels.
         batch_size: training batch size (per process).
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
@@ -106,7 +124,7 @@ class MultiTaskDataModule(LightningDataModule):
 
     def __init__(
         self,
-        tasks: tuple[str, ...] = TASK_NAMES,
+        tasks: tuple[str, ...] | None = None,
         image_size: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -123,12 +141,13 @@ class MultiTaskDataModule(LightningDataModule):
         super().__init__()
         from mtl_lightning.tasks import TASKS  # the registry is the one list of task types
 
-        unknown = set(tasks) - set(TASKS)
+        unknown = set(tasks or ()) - set(TASKS)
         if unknown:
             raise ValueError(
                 f"data.tasks has unknown task(s) {sorted(unknown)}; available: {sorted(TASKS)}."
             )
-        self.tasks = tuple(tasks)
+        self.named_tasks = tasks is not None  # named by the user, else followed from the data
+        self.tasks = tuple(tasks) if tasks is not None else TASK_NAMES
         self.image_size = image_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -282,8 +301,27 @@ class ScenesDataModule(MultiTaskDataModule):
             transforms = self.train_transforms() if split == "train" else self.eval_transforms()
             self.datasets[split] = CocoMultiTaskDataset(
                 self.dataset_dir / f"{split}.json", self.dataset_dir / split,
-                tasks=self.tasks, transforms=transforms,
+                tasks=self.tasks, transforms=NamedSource("scenes", transforms),
             )
+
+
+TASK_SOURCES = ("classification from an image-label field or derived from 2+ categories, "
+                "segmentation from annotation masks, detection from categories and boxes")
+
+
+def tasks_in_file(coco: dict[str, Any], image_labels: ImageLabels) -> tuple[str, ...]:
+    """The tasks a COCO document labels, in ``TASK_NAMES`` order: classification when image
+    labels are read or derived (``image_labels`` as resolved, not ``off``), segmentation when
+    some annotation has a mask, detection when the file has categories. ``fit``,
+    ``check-data`` and the model (through ``task_info``) so agree on what a file trains."""
+    has_categories = bool(coco.get("categories"))
+    has_masks = any(
+        annotation.get("segmentation") for annotation in coco.get("annotations") or []
+    )
+    labels = {"classification": image_labels != "off",
+              "segmentation": has_categories and has_masks,
+              "detection": has_categories}
+    return tuple(task for task in TASK_NAMES if labels[task])
 
 
 class CocoDataModule(MultiTaskDataModule):
@@ -305,6 +343,9 @@ class CocoDataModule(MultiTaskDataModule):
         annotations, images: a single COCO file and its image folder, split by fractions.
         val_fraction, test_fraction, split_seed: the deterministic split of that file.
         image_labels: ``auto`` | ``field`` | ``derived`` | ``off`` (image-level labels).
+        tasks: (of ``MultiTaskDataModule``) ``None`` loads the tasks the training file labels
+            (:func:`tasks_in_file`): a single-category file without an image-label field
+            trains segmentation and detection, a box-only file detection.
         image_label_field: the ``images[]`` field holding the image-level label.
         max_image_pixels: refuse images larger than this many pixels (before decoding).
         check_images: check every image file before training (exists, header, size).
@@ -375,8 +416,17 @@ class CocoDataModule(MultiTaskDataModule):
         train = load_coco_json(self.files["train"][0])
         self.image_labels = resolve_image_labels(train, image_labels, image_label_field,
                                                  self.files["train"][0])
-        if self.image_labels == "off":
-            self.tasks = tuple(t for t in self.tasks if t != "classification")
+        labelled = tasks_in_file(train, self.image_labels)
+        if self.named_tasks:
+            missing = [t for t in self.tasks if t not in labelled]
+            if missing:
+                raise DataError(
+                    f"data.tasks names {missing} but {self.files['train'][0]} labels only "
+                    f"{list(labelled) or 'nothing'} ({TASK_SOURCES}); remove {missing} from "
+                    "data.tasks, or leave data.tasks null to load what the file labels."
+                )
+        else:
+            self.tasks = labelled
         self._all_image_ids = sorted(int(image["id"]) for image in train["images"])
         categories = sorted(train["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in categories]
@@ -433,8 +483,9 @@ class CocoDataModule(MultiTaskDataModule):
             transforms = self.train_transforms() if split == "train" else self.eval_transforms()
             self.datasets[split] = CocoMultiTaskDataset(
                 annotation_file, image_folder, tasks=self.tasks, image_labels=self.image_labels,
-                image_label_field=self.image_label_field, transforms=transforms,
-                image_ids=ids, max_image_pixels=self.max_image_pixels,
+                image_label_field=self.image_label_field,
+                transforms=NamedSource(Path(annotation_file).stem, transforms), image_ids=ids,
+                max_image_pixels=self.max_image_pixels,
                 document=validated[annotation_file], allow_outside_images=self.allow_outside_images,
             )
             self._check_classes(split, self.datasets[split])
@@ -448,4 +499,5 @@ class CocoDataModule(MultiTaskDataModule):
             )
 
 
-__all__ = ["CocoDataModule", "MultiTaskDataModule", "ScenesDataModule"]
+__all__ = ["CocoDataModule", "MultiTaskDataModule", "NamedSource", "ScenesDataModule",
+           "tasks_in_file"]

@@ -22,9 +22,11 @@ Each source is ``{"kind", "name", "split"}`` plus the arguments of its reader (s
 sample carries a target for every task of ``data.tasks``: tasks its source does not label get
 ``has[task] = False`` and a placeholder, so the model masks their loss and metrics.
 
-Classes are reconciled by name: every source labelling a task must have the same class names
-(order may differ); the data module uses the first such source's order and remaps the others'
-labels, before the transforms. Different names are an error, never a silent union.
+Classes are reconciled by name (see :func:`reconcile_classes`): within a split every source
+labelling a task must have the same class names (order may differ); the data module uses the
+first train source's order and remaps the others' labels, before the transforms. Different
+names within a split are an error, never a silent union; across splits a class missing from
+one split (a VOC val split without the rarest class) is a warning that lists it.
 
 Training: one DataLoader per train source (``batch_size`` images each), combined by Lightning's
 ``CombinedLoader`` in ``sampling_mode``; it yields ``{source: batch}`` and
@@ -46,17 +48,25 @@ keys with ``/dataloader_idx_N``.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 
-from mtl_lightning.data.coco import IGNORE_INDEX, TASK_NAMES, CocoMultiTaskDataset
+from mtl_lightning.data.coco import (
+    IGNORE_INDEX,
+    TASK_NAMES,
+    CocoMultiTaskDataset,
+    copy_containers,
+    tensor_bytes,
+)
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.datamodules import MultiTaskDataModule
 from mtl_lightning.data.sources import (
@@ -68,6 +78,7 @@ from mtl_lightning.data.sources import (
 )
 from mtl_lightning.data.workers import freeze_in_worker
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SamplingMode = Literal["max_size_cycle", "min_size", "max_size", "sequential"]
 EvalLoaders = Literal["concat", "per_source"]
@@ -90,6 +101,8 @@ class Source:
     split: str
     reader: Dataset
     classes: dict[str, list[str]]
+    #: segmentation class 0 is a background (matched by position), not a named class
+    background: bool = True
 
 
 def _coco_classes(reader: CocoMultiTaskDataset) -> dict[str, list[str]]:
@@ -141,7 +154,8 @@ def build_source(spec: Mapping[str, Any], position: int) -> Source:
     else:
         reader = reader_class(**options)
         classes = {t: info["class_names"] for t, info in reader.task_info.items()}
-    return Source(name=name, kind=kind, split=split, reader=reader, classes=classes)
+    return Source(name=name, kind=kind, split=split, reader=reader, classes=classes,
+                  background=getattr(reader, "has_background", True))
 
 
 def reconcile_classes(
@@ -149,24 +163,32 @@ def reconcile_classes(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
     """One class list per task, and per source the label remaps onto it.
 
-    The first source labelling a task fixes the order; every other source labelling it must
-    have the same set of names (segmentation: the same object classes; index 0 is background
-    whatever it is called). Returns ``task_info`` and ``{source: {task: lookup}}`` where
+    Classes are matched by name. Within a split, every source labelling a task must have the
+    same set of names (two data sets that label a task differently must not be merged
+    silently: an object one of them never labels would be trained as background). Across
+    splits a class may be missing from one (a VOC val split without a rare class, or one
+    the train split lacks): the list is the union, train's order first, and one warning per
+    split lists what it lacks. Segmentation index 0 is background whatever it is called,
+    unless the sources have no background class (``background_index: null``); then every
+    class is matched by name, and background and no-background sources cannot be mixed.
+
+    Returns ``task_info`` and ``{source: {task: lookup}}`` where
     ``lookup[source_label] == module_label`` (segmentation: over mask values 0..255), only for
-    sources whose order differs.
+    sources whose list differs from the module's.
     """
     task_info: dict[str, dict[str, Any]] = {}
     remaps: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sources}
+    order = {split: i for i, split in enumerate(SPLITS)}
     for task in tasks:
-        labelling = [s for s in sources if task in s.classes]
+        labelling = sorted((s for s in sources if task in s.classes),
+                           key=lambda s: order[s.split])  # stable: config order per split
         if not labelling:
             raise DataSourceError(
                 f"data.tasks includes '{task}' but no source in data.sources labels it; add a "
                 "source for it or remove it from data.tasks."
             )
-        first = labelling[0]
-        reference = first.classes[task]
-        skip = 1 if task == "segmentation" else 0  # background is matched by position
+        background = _common_background(task, labelling)
+        skip = 1 if background else 0  # background is matched by position
         for source in labelling:
             names = source.classes[task]
             if len(set(names)) != len(names):
@@ -174,40 +196,88 @@ def reconcile_classes(
                     f"Source '{source.name}' names a {task} class twice ({names}); give every "
                     "class a unique name."
                 )
-            mine, theirs = set(names[skip:]), set(reference[skip:])
+        per_split: dict[str, Source] = {}
+        for source in labelling:
+            first = per_split.setdefault(source.split, source)
+            mine, theirs = set(source.classes[task][skip:]), set(first.classes[task][skip:])
             if mine != theirs:
                 raise DataSourceError(
                     f"Sources '{first.name}' and '{source.name}' label {task} with different "
                     f"classes (only in '{first.name}': {sorted(theirs - mine)}, only in "
-                    f"'{source.name}': {sorted(mine - theirs)}); give every source labelling "
-                    f"{task} the same class names (their order may differ)."
+                    f"'{source.name}': {sorted(mine - theirs)}); give every {source.split} "
+                    f"source that labels {task} the same class names (their order may "
+                    "differ; a VOC source takes class_names)."
                 )
+        reference = list(labelling[0].classes[task])
+        for source in labelling[1:]:
+            reference += [n for n in source.classes[task][skip:] if n not in reference]
+        if len(per_split) > 1:
+            _warn_missing(task, per_split, reference[skip:], skip)
+        for source in labelling:
+            names = source.classes[task]
             if names != reference:
-                remaps[source.name][task] = _lookup(task, names, reference)
-        task_info[task] = {"num_classes": len(reference), "class_names": list(reference)}
+                remaps[source.name][task] = _lookup(task, names, reference, background)
+        task_info[task] = {"num_classes": len(reference), "class_names": reference}
     return task_info, remaps
 
 
-def _lookup(task: str, names: list[str], reference: list[str]) -> torch.Tensor:
+def _common_background(task: str, labelling: Sequence[Source]) -> bool:
+    """Whether the segmentation sources have a background class (they must agree)."""
+    if task != "segmentation":
+        return False
+    with_background = {s.name for s in labelling if s.background}
+    if with_background and len(with_background) < len(labelling):
+        without = sorted({s.name for s in labelling} - with_background)
+        raise DataSourceError(
+            f"Segmentation sources {sorted(with_background)} have a background class and "
+            f"{without} have none (background_index: null); use one convention for all."
+        )
+    return bool(with_background)
+
+
+def _warn_missing(
+    task: str, per_split: Mapping[str, Source], classes: list[str], skip: int
+) -> None:
+    """One warning per split that lacks some of the task's classes."""
+    for split, source in per_split.items():
+        missing = [n for n in classes if n not in source.classes[task][skip:]]
+        if not missing:
+            continue
+        consequence = ("the model has them but never learns them" if split == "train" else
+                       f"they are not evaluated on {split}")
+        rank_zero_warn(
+            f"The {split} sources (e.g. '{source.name}') label {task} without the classes "
+            f"{missing} that other splits have; classes are matched by name, {consequence}. "
+            "Give the source class_names to fix the list if that is not what you meant."
+        )
+
+
+def _lookup(
+    task: str, names: list[str], reference: list[str], background: bool = True
+) -> torch.Tensor:
     index = {name: i for i, name in enumerate(reference)}
     if task != "segmentation":
         return torch.tensor([index[name] for name in names], dtype=torch.int64)
     lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
-    lookup[0] = 0
-    for value, name in enumerate(names[1:], start=1):
+    if background:
+        lookup[0] = 0
+    for value, name in enumerate(names[int(background):], start=int(background)):
         lookup[value] = index[name]
     return lookup
 
 
-def remap_target(task: str, target: Any, lookup: torch.Tensor) -> Any:
-    """A labelled target with its class indices mapped through ``lookup``."""
+def remap_target(
+    task: str, target: Any, lookup: torch.Tensor, num_classes: int | None = None
+) -> Any:
+    """A labelled target with its class indices mapped through ``lookup`` (a multi-hot
+    vector grows to ``num_classes``, the module's class count)."""
     if task == "segmentation":
         return tv_tensors.wrap(lookup[target.long()], like=target)
     if task == "detection":
         return {**target, "labels": lookup[target["labels"]]}
     if target.ndim == 0:  # class index
         return lookup[target]
-    remapped = torch.zeros_like(target)  # multi-hot vector
+    remapped = target.new_zeros(num_classes or len(target))  # multi-hot vector
     remapped[lookup] = target
     return remapped
 
@@ -216,20 +286,35 @@ class SourceDataset(Dataset):
     """One source in the module's terms: tasks filled, labels remapped, then transformed.
 
     Keeps exactly ``tasks`` (adding placeholders for tasks the reader does not produce),
-    remaps labelled targets to the module's class order and adds ``meta["source"]``.
+    remaps labelled targets to the module's class order and adds ``meta["source"]`` (the
+    source's name; with ``meta["image_id"]`` it names a sample uniquely across sources).
+    :meth:`cache_in_memory` keeps the untransformed samples, as ``data.cache_samples`` does.
     """
 
     def __init__(
         self, source: Source, tasks: Sequence[str], remaps: Mapping[str, torch.Tensor],
-        transforms: Any = None,
+        transforms: Any = None, num_classes: Mapping[str, int] | None = None,
     ) -> None:
         self.source, self.tasks, self.remaps = source, tuple(tasks), dict(remaps)
         self.transforms = transforms
+        self.num_classes = dict(num_classes or {})
+        self._cache: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.source.reader)
 
+    def cache_in_memory(self) -> float:
+        """Read every sample once (before the random transforms) and keep it; returns MB."""
+        self._cache = [self.untransformed(i) for i in range(len(self))]
+        return sum(tensor_bytes(sample) for sample in self._cache) / 2**20
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = (self.untransformed(index) if self._cache is None
+                  else copy_containers(self._cache[index]))
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def untransformed(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` with the module's tasks and classes, before the transforms."""
         sample = self.source.reader[index]
         height, width = sample["image"].shape[-2:]
         targets, has = {}, {}
@@ -239,11 +324,11 @@ class SourceDataset(Dataset):
             if target is None:
                 target = placeholder_target(task, int(height), int(width))
             if labelled and task in self.remaps:
-                target = remap_target(task, target, self.remaps[task])
+                target = remap_target(task, target, self.remaps[task],
+                                      self.num_classes.get(task))
             targets[task], has[task] = target, labelled
-        sample = {**sample, "targets": targets, "has": has,
-                  "meta": {**sample.get("meta", {}), "source": self.source.name}}
-        return self.transforms(sample) if self.transforms is not None else sample
+        return {**sample, "targets": targets, "has": has,
+                "meta": {**sample.get("meta", {}), "source": self.source.name}}
 
 
 class SourceBlockSampler(Sampler[int]):
@@ -301,6 +386,8 @@ class MultiSourceDataModule(MultiTaskDataModule):
         eval_loaders: ``concat`` (one validation/test loader over the split's sources) or
             ``per_source`` (a list of loaders; the model's steps must take ``dataloader_idx``).
         tasks: tasks to train (default: every task some source labels).
+        cache_samples: (of ``MultiTaskDataModule``) read every source of a split once, when
+            the split's first loader is made, and keep its untransformed samples in memory.
         **kwargs: loader and transform options of ``MultiTaskDataModule``; ``batch_size`` and
             ``num_workers`` apply to each train source's loader (a step sees ``batch_size``
             images per train source, except in ``sequential`` mode).
@@ -314,12 +401,7 @@ class MultiSourceDataModule(MultiTaskDataModule):
         tasks: tuple[str, ...] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(tasks=tuple(tasks) if tasks is not None else TASK_NAMES, **kwargs)
-        if self.cache_samples:
-            raise DataSourceError(
-                "data.cache_samples is not supported with data.sources (several sources are "
-                "read from their files each time); remove it, or use one COCO data module."
-            )
+        super().__init__(tasks=tasks, **kwargs)
         if sampling_mode not in SamplingMode.__args__:
             raise DataSourceError(
                 f"data.sampling_mode is {sampling_mode!r}; use one of {SamplingMode.__args__}."
@@ -348,12 +430,14 @@ class MultiSourceDataModule(MultiTaskDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Wrap every source with the module's tasks, remaps and its split's transforms."""
+        num_classes = {task: info["num_classes"] for task, info in self._task_info.items()}
         for split in SPLITS:
             if split in self.source_datasets:
                 continue
             transforms = self.train_transforms() if split == "train" else self.eval_transforms()
             datasets = {
-                s.name: SourceDataset(s, self.tasks, self.remaps[s.name], transforms)
+                s.name: SourceDataset(s, self.tasks, self.remaps[s.name], transforms,
+                                      num_classes)
                 for s in self.sources if s.split == split
             }
             self.source_datasets[split] = datasets
@@ -367,6 +451,11 @@ class MultiSourceDataModule(MultiTaskDataModule):
             raise DataSourceError(
                 f"data.sources has no source with split '{split}'; add one to run that stage."
             )
+        for dataset in self.source_datasets[split].values():
+            if self.cache_samples and dataset._cache is None:  # when its first loader is made
+                megabytes = dataset.cache_in_memory()
+                log.info("data.cache_samples: %d samples of source '%s' held, %.0f MB",
+                         len(dataset), dataset.source.name, megabytes)
         return self.source_datasets[split]
 
     def _make_loader(

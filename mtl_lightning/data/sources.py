@@ -69,20 +69,29 @@ def _examples(names: list[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
-    """Files of ``folder`` with one of ``suffixes``, keyed by stem (a stem must be unique)."""
+def _by_stem(
+    folder: Path, suffixes: tuple[str, ...], what: str, name_suffix: str = ""
+) -> dict[str, Path]:
+    """Files of ``folder`` with one of ``suffixes``, keyed by stem (a stem must be unique).
+
+    With ``name_suffix`` (CamVid's ``_P`` of ``0001TP_006690_P.png``) only files whose stem
+    ends with it are read, keyed by the stem without it, so they match their images' stems.
+    """
     if not folder.is_dir():
         raise DataSourceError(f"The {what} folder '{folder}' does not exist; check the path.")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in suffixes or path.name.startswith("."):
             continue
-        if path.stem in found:
+        if not path.stem.endswith(name_suffix):
+            continue
+        stem = path.stem[:len(path.stem) - len(name_suffix)]
+        if stem in found:
             raise DataSourceError(
-                f"Two {what} files share the name '{path.stem}' ({found[path.stem].name}, "
+                f"Two {what} files share the name '{stem}' ({found[stem].name}, "
                 f"{path.name}) in '{folder}'; keep one."
             )
-        found[path.stem] = path
+        found[stem] = path
     return found
 
 
@@ -122,6 +131,9 @@ class _SingleTaskSource(Dataset):
     task: str = ""
     transforms: Transform | None = None
     paths: list[Path]
+    #: whether segmentation class 0 is a background class (matched by position across
+    #: sources) rather than a named class like any other
+    has_background: bool = True
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -166,21 +178,26 @@ class SegmentationFolder(_SingleTaskSource):
 
     A mask is a palette ("P") or grayscale ("L") PNG whose pixel value is the folder's class
     index: ``class_names[i]`` names value ``i``. With the defaults (``background_index=0``,
-    ``ignore_index=255``, the CamVid/VOC convention) folder value ``i`` is our value ``i``:
+    ``ignore_index=255``, the VOC convention) folder value ``i`` is our value ``i``:
     0 is background (``class_names[0]``, e.g. "background"), ``k+1`` object class ``k``, 255
     ignored. Another ``background_index`` is moved to 0 and the other indices keep their order;
-    another ``ignore_index`` (e.g. CamVid's "void") becomes 255. Values that are neither a class
+    another ``ignore_index`` (e.g. CamVid's "void", 11) becomes 255. ``background_index=None``
+    is for data sets without a background class (CamVid: value 0 is "Sky"): every folder index
+    except ``ignore_index`` is a class, ``class_names[i]`` is our value ``i``, and across
+    sources every class, index 0 included, is matched by name. Values that are neither a class
     nor the ignore index raise an error naming the mask.
 
     Args:
         images: folder of images.
-        masks: folder of masks with the images' stems.
+        masks: folder of masks with the images' stems (plus ``mask_suffix``).
         class_names: name of every folder index, background included.
         transforms: joint transform over the whole sample.
-        background_index: folder value of the background.
+        background_index: folder value of the background, or ``None`` (no background class).
         ignore_index: folder value of ignored pixels.
         ids: optional text file of the stems to read (default: all; then every image needs a
             mask and every mask an image).
+        mask_suffix: what a mask's stem adds to its image's stem, e.g. ``"_P"`` for CamVid's
+            ``0001TP_006690_P.png`` next to ``0001TP_006690.png``; masks without it are skipped.
     """
 
     task = "segmentation"
@@ -191,15 +208,19 @@ class SegmentationFolder(_SingleTaskSource):
         masks: str,
         class_names: list[str],
         transforms: Transform | None = None,
-        background_index: int = 0,
+        background_index: int | None = 0,
         ignore_index: int = 255,
         ids: str | None = None,
+        mask_suffix: str = "",
     ) -> None:
         self.image_dir, self.mask_dir = Path(images), Path(masks)
-        if not 0 <= background_index < len(class_names) or background_index == ignore_index:
+        if background_index is not None and (
+            not 0 <= background_index < len(class_names) or background_index == ignore_index
+        ):
             raise DataSourceError(
                 f"SegmentationFolder '{masks}': background_index {background_index} must index "
-                f"class_names ({len(class_names)} names) and differ from ignore_index."
+                f"class_names ({len(class_names)} names) and differ from ignore_index, or be "
+                "null for data without a background class."
             )
         if not 0 <= ignore_index <= 255:
             raise DataSourceError(
@@ -207,9 +228,15 @@ class SegmentationFolder(_SingleTaskSource):
             )
         self.folder_class_names = list(class_names)
         self.background_index, self.ignore_index = background_index, ignore_index
+        self.has_background = background_index is not None
         self.transforms = transforms
         image_paths = _by_stem(self.image_dir, IMAGE_SUFFIXES, "image")
-        mask_paths = _by_stem(self.mask_dir, (".png",), "mask")
+        mask_paths = _by_stem(self.mask_dir, (".png",), "mask", name_suffix=mask_suffix)
+        if mask_suffix and not mask_paths:
+            raise DataSourceError(
+                f"No mask in '{masks}' ends with mask_suffix '{mask_suffix}' (e.g. "
+                f"NAME{mask_suffix}.png); check the suffix."
+            )
         self.names = _match(image_paths, mask_paths, ids, self.image_dir, self.mask_dir)
         self.paths = [image_paths[n] for n in self.names]
         self.mask_paths = [mask_paths[n] for n in self.names]
@@ -219,18 +246,20 @@ class SegmentationFolder(_SingleTaskSource):
         """Folder value -> our value (uint8 [256]); invalid values map to -1 (int16)."""
         lookup = np.full(256, -1, dtype=np.int16)
         lookup[self.ignore_index] = IGNORE_INDEX
-        lookup[self.background_index] = 0
+        if self.background_index is not None:
+            lookup[self.background_index] = 0
         objects = [i for i in range(len(self.folder_class_names))
                    if i not in (self.background_index, self.ignore_index)]
-        for ours, folder_value in enumerate(objects, start=1):
+        for ours, folder_value in enumerate(objects, start=int(self.has_background)):
             lookup[folder_value] = ours
         return lookup
 
     @property
     def class_names(self) -> list[str]:
-        """Our order: background first, then the object classes in folder order."""
+        """Our order: background first (if any), then the other classes in folder order."""
         names = self.folder_class_names
-        return [names[self.background_index]] + [
+        first = [] if self.background_index is None else [names[self.background_index]]
+        return first + [
             n for i, n in enumerate(names) if i not in (self.background_index, self.ignore_index)
         ]
 

@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 from pycocotools.coco import COCO
 
 from mtl_lightning.data import CocoDataModule
+from mtl_lightning.data.validation import DataError
 from mtl_lightning.module import MultiTaskModule
+from tests.realdata.fabricate import board_multilabel, single_category
 
-from ..conftest import FRUITS_NUTS
+from ..conftest import FRUITS_NUTS, REPO
 
 needs_fruits = pytest.mark.skipif(
     not FRUITS_NUTS.is_dir(), reason="../shared/data/fruits_nuts (real photographs) is absent"
@@ -116,3 +119,73 @@ def test_bad_split_options_are_one_sentence(tmp_path: Path) -> None:
         CocoDataModule()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CocoDataModule(train_annotations=str(tmp_path / "nope.json"), train_images=str(tmp_path))
+
+
+def _coco(paths: dict[str, Path], **options: object) -> CocoDataModule:
+    return CocoDataModule(**{k: str(v) for k, v in paths.items()}, num_workers=0, batch_size=4,
+                          image_size=64, **options)
+
+
+def test_tasks_follow_what_the_file_labels(tmp_path: Path) -> None:
+    one = _coco(single_category(tmp_path / "one"))  # one category: no derived image label
+    assert one.tasks == ("segmentation", "detection")
+    assert list(one.task_info) == ["segmentation", "detection"]
+    board = _coco(board_multilabel(tmp_path / "board"))
+    assert board.tasks == ("classification", "segmentation", "detection")
+    assert board.task_info["classification"]["multilabel"]
+    board_paths = board_multilabel(tmp_path / "board_off")
+    assert _coco(board_paths, image_labels="off").tasks == ("segmentation", "detection")
+    boxes = single_category(tmp_path / "boxes")
+    document = json.loads(boxes["annotations"].read_text())
+    for annotation in document["annotations"]:
+        del annotation["segmentation"]
+    boxes["annotations"].write_text(json.dumps(document))
+    assert _coco(boxes).tasks == ("detection",)
+    # A task the user names that the file cannot label: one sentence naming it.
+    with pytest.raises(DataError, match=r"data.tasks names \['classification'\] but .*"
+                       r"annotations.json labels only \['segmentation', 'detection'\]"):
+        _coco(single_category(tmp_path / "again"), tasks=("classification", "detection"))
+    assert _coco(single_category(tmp_path / "named"), tasks=("detection",)).tasks == (
+        "detection",)
+
+
+def test_the_model_trains_what_the_data_labels_with_the_config_options(
+    tmp_path: Path,
+) -> None:
+    config = yaml.safe_load((REPO / "configs" / "model" / "hard.yaml").read_text())
+    data = _coco(single_category(tmp_path / "one"))
+    model = MultiTaskModule(**config, task_info=data.task_info)
+    assert list(model.tasks) == ["segmentation", "detection"]
+    assert model.tasks["segmentation"].decoder_channels == 32
+    with pytest.raises(ValueError, match="Task 'classification' is named in model.tasks but "
+                       r"the data provides no 'classification' labels \(it labels "
+                       "segmentation, detection\\)"):
+        MultiTaskModule(**{**config, "tasks": {"classification": None}},
+                        task_info=data.task_info)
+    with pytest.raises(ValueError, match=r"model\.task_options names unknown task"):
+        MultiTaskModule(task_options={"segmentaton": {}}, task_info=data.task_info)
+
+
+def test_the_default_scenes_model_is_unchanged(tiny_scenes) -> None:
+    """configs/model/hard.yaml (tasks null + task_options) on Scenes builds exactly the model
+    its former explicit task list built: the same tasks, in order, with the same options."""
+    config = yaml.safe_load((REPO / "configs" / "model" / "hard.yaml").read_text())
+    assert config["tasks"] is None
+    followed = MultiTaskModule(**config, task_info=tiny_scenes.task_info)
+    explicit_tasks = {"classification": {"features": "deepest"},
+                      "segmentation": {"decoder_channels": 32},
+                      "detection": {"head_channels": 32}}
+    explicit = MultiTaskModule(**{**config, "tasks": explicit_tasks, "task_options": None},
+                               task_info=tiny_scenes.task_info)
+    assert list(followed.tasks) == list(explicit.tasks) == list(explicit_tasks)
+    shapes = {k: v.shape for k, v in followed.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in explicit.state_dict().items()}
+
+
+def test_every_sample_names_its_source_and_image(tmp_path: Path, tiny_scenes) -> None:
+    data = _coco(board_multilabel(tmp_path / "board"))
+    data.setup()
+    metas = [data.datasets[split][0]["meta"] for split in ("train", "val")]
+    assert [(m["source"], m["image_id"]) for m in metas] == [("train", 1), ("val", 100)]
+    batch = next(iter(tiny_scenes.val_dataloader()))
+    assert {m["source"] for m in batch["meta"]} == {"scenes"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,78 @@ def test_bad_source_specs_raise_one_sentence(
     spec = {**_voc(tmp_path / "a", count=1), "name": "a", "split": "train", **change}
     with pytest.raises(DataSourceError, match=message):
         MultiSourceDataModule([spec], num_workers=0)
+
+
+def test_a_split_missing_classes_is_a_warning_and_the_classes_are_the_union(
+    tmp_path: Path,
+) -> None:
+    xml = {"t0": voc_xml([("carton", (2, 2, 20, 20), 0), ("can", (15, 5, 38, 28), 0)]),
+           "t1": voc_xml([("milk", (2, 2, 9, 9), 0)]),
+           "v0": voc_xml([("can", (1, 1, 8, 8), 0), ("jar", (3, 3, 30, 20), 0)])}
+    images, annotations = write_voc_folder(tmp_path / "voc", xml)
+    (tmp_path / "train.txt").write_text("t0\nt1\n")
+    (tmp_path / "val.txt").write_text("v0\n")
+    folder = {"kind": "voc", "images": str(images), "annotations": str(annotations)}
+    sources = [{**folder, "name": "fridge", "split": "train", "ids": str(tmp_path / "train.txt")},
+               {**folder, "name": "fridge_val", "split": "val", "ids": str(tmp_path / "val.txt")}]
+    with pytest.warns(UserWarning) as caught:
+        data = MultiSourceDataModule(sources, image_size=32, num_workers=0, **NO_AUGMENT)
+    messages = [str(w.message) for w in caught]
+    assert any("train sources (e.g. 'fridge')" in m and "['jar']" in m and "never learns" in m
+               for m in messages)
+    assert any("val sources (e.g. 'fridge_val')" in m and "['carton', 'milk']" in m
+               for m in messages)
+    names = data.task_info["detection"]["class_names"]
+    assert names == ["can", "carton", "milk", "jar"]  # train's order, then val's extra class
+    data.setup()
+    val = data.source_datasets["val"]["fridge_val"][0]["targets"]["detection"]["labels"]
+    assert [names[i] for i in val.tolist()] == ["can", "jar"]
+    # The fix the warning names: one class list for both splits, and no warning.
+    fixed = [{**s, "class_names": ["can", "carton", "jar", "milk"]} for s in sources]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = MultiSourceDataModule(fixed, num_workers=0)
+    assert data.task_info["detection"]["class_names"] == ["can", "carton", "jar", "milk"]
+
+
+def test_sources_without_background_are_matched_by_name_from_index_zero(
+    tmp_path: Path,
+) -> None:
+    def camvid(name: str, class_names: list[str], split: str) -> dict[str, Any]:
+        spec = _segmentation(tmp_path / name, [*class_names, "void"])
+        return {**spec, "name": name, "split": split, "background_index": None,
+                "ignore_index": 3}
+
+    sources = [camvid("a", ["sky", "road", "car"], "train"),
+               camvid("b", ["road", "sky", "car"], "val")]
+    data = MultiSourceDataModule(sources, image_size=24, num_workers=0, **NO_AUGMENT)
+    assert data.task_info["segmentation"]["class_names"] == ["sky", "road", "car"]
+    data.setup()
+    ours = data.source_datasets["train"]["a"][0]["targets"]["segmentation"]
+    theirs = data.source_datasets["val"]["b"][0]["targets"]["segmentation"]
+    # The same mask file: value 0 is sky in a but road in b, value 1 the other way round.
+    for value, remapped in ((0, 1), (1, 0), (2, 2)):
+        assert bool((theirs[ours == value] == remapped).all())
+    mixed = [sources[0], {**_segmentation(tmp_path / "c", ["background", "sky", "road", "car"]),
+                          "name": "c", "split": "val"}]
+    with pytest.raises(DataSourceError, match=r"\['c'\] have a background class and \['a'\]"):
+        MultiSourceDataModule(mixed, num_workers=0)
+
+
+def test_cache_samples_with_sources_and_meta_names_every_sample(tmp_path: Path) -> None:
+    sources = _three_sources(tmp_path)
+    plain = MultiSourceDataModule(sources, image_size=32, num_workers=0, batch_size=4,
+                                  **NO_AUGMENT)
+    cached = MultiSourceDataModule(sources, image_size=32, num_workers=0, batch_size=4,
+                                   cache_samples=True, **NO_AUGMENT)
+    for data in (plain, cached):
+        data.setup()
+    batches = [list(data.val_dataloader()) for data in (plain, cached)]
+    assert all(d._cache is not None for d in cached.source_datasets["val"].values())
+    assert all(d._cache is None for d in cached.source_datasets["train"].values())
+    for first, second in zip(*batches, strict=True):
+        assert torch.equal(first["image"], second["image"])
+        assert torch.equal(first["targets"]["segmentation"], second["targets"]["segmentation"])
+    names = [(m["source"], m["image_id"]) for b in batches[1] for m in b["meta"]]
+    assert len(set(names)) == len(names) == 12  # image ids repeat across sources, names don't
+    assert {source for source, _ in names} == {"seg_val", "cls_val", "voc_val"}

@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from mtl_lightning.data import ScenesDataModule
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.multisource import DataSourceError, MultiSourceDataModule
+from mtl_lightning.data.multisource import MultiSourceDataModule
 from tests.conftest import TINY_SCENES
+from tests.data.test_multisource import _three_sources
 
 
 def assert_same_sample(got: dict, want: dict) -> None:
@@ -94,6 +95,12 @@ def test_a_worker_reads_the_cache_it_inherits(modules) -> None:
         assert torch.equal(got["targets"]["segmentation"], want["targets"]["segmentation"])
 
 
-def test_several_sources_refuse_the_cache(scenes_root: Path) -> None:
-    with pytest.raises(DataSourceError, match="cache_samples is not supported"):
-        MultiSourceDataModule(sources=[], cache_samples=True)
+def test_several_sources_cache_each_source_when_its_loader_is_made(tmp_path: Path) -> None:
+    # Several sources used to refuse the cache; each source is now cached like one COCO set
+    # (tests/data/test_multisource.py compares the cached batches with uncached ones).
+    data = MultiSourceDataModule(sources=_three_sources(tmp_path), cache_samples=True,
+                                 num_workers=0, image_size=32)
+    data.setup()
+    data.val_dataloader()
+    assert all(d._cache is not None for d in data.source_datasets["val"].values())
+    assert all(d._cache is None for d in data.source_datasets["train"].values())

@@ -209,3 +209,33 @@ def test_samples_of_different_readers_transform_and_collate_together(tmp_path: P
     assert [len(t["labels"]) for t in batch["targets"]["detection"]] == [0, 0, 1]
     assert batch["has"]["segmentation"].tolist() == [True, False, False]
     assert batch["has"]["detection"].tolist() == [False, False, True]
+
+
+def test_mask_suffix_matches_camvid_style_label_files(tmp_path: Path) -> None:
+    values = np.zeros((6, 8), dtype=np.uint8)
+    values[:, 4:] = 2
+    images, masks = write_segmentation_folder(tmp_path, {"a": values, "b": values})
+    for name in ("a", "b"):  # CamVid: a.png is labelled by a_P.png
+        (masks / f"{name}.png").rename(masks / f"{name}_P.png")
+    (masks / "notes.png").write_bytes((masks / "a_P.png").read_bytes())  # no suffix: skipped
+    folder = SegmentationFolder(str(images), str(masks), ["background", "road", "car"],
+                                mask_suffix="_P")
+    assert folder.names == ["a", "b"]
+    assert [p.name for p in folder.mask_paths] == ["a_P.png", "b_P.png"]
+    assert folder[1]["targets"]["segmentation"][0, 5] == 2
+    with pytest.raises(DataSourceError, match="no counterpart"):  # without the option
+        SegmentationFolder(str(images), str(masks), ["background", "road", "car"])
+    with pytest.raises(DataSourceError, match="ends with mask_suffix '_L'"):
+        SegmentationFolder(str(images), str(masks), ["background", "road", "car"],
+                           mask_suffix="_L")
+
+
+def test_no_background_class_keeps_every_index_and_ignores_void(tmp_path: Path) -> None:
+    values = np.array([[0, 1, 2, 3]], dtype=np.uint8).repeat(4, axis=0)  # 3 is void
+    images, masks = write_segmentation_folder(tmp_path, {"a": values})
+    folder = SegmentationFolder(str(images), str(masks), ["sky", "road", "car", "void"],
+                                background_index=None, ignore_index=3)
+    assert not folder.has_background
+    assert folder.class_names == ["sky", "road", "car"]  # sky is a class, not background
+    assert folder.task_info["segmentation"]["num_classes"] == 3
+    assert folder[0]["targets"]["segmentation"][0].tolist() == [0, 1, 2, 255]
