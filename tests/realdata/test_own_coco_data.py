@@ -19,9 +19,6 @@ from tests.realdata.conftest import as_a_user
 from tests.realdata.readme import commands, run_dir, substitute, tiny
 
 SECTION = "Train on your own COCO data"
-NEEDS_OVERLAYS = pytest.mark.xfail(
-    reason="needs overlays/W&B table that draw multi-label ground truth and ignore pixels "
-    "(issue 20 item 3, another branch)", strict=False)
 
 
 def _command(has: str) -> list[str]:
@@ -57,7 +54,7 @@ def _fit_and_predict(command: list[str], tmp_path: Path) -> tuple[Path, dict]:
           "--prediction_writer.output_dir", str(out),
           "--trainer.default_root_dir", str(tmp_path / "predict_runs"),
           "--trainer.logger", "false"])
-    assert json.loads((out / "b.json").read_text())["size_hw"] == [90, 50]
+    assert json.loads((out / "b.png.json").read_text())["size_hw"] == [90, 50]
     hyper = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
     return run, {"metrics": metrics, "task_info": hyper["task_info"]}
 
@@ -98,13 +95,12 @@ def test_readme_predict_command_with_a_coco_checkpoint(pedestrians, tmp_path: Pa
     main([*substitute(command, {"runs/default/<run>/checkpoints/last.ckpt":
                                 run / "checkpoints" / "last.ckpt", "my_images/": pictures}),
           "--trainer.logger", "false"])
-    written = list((run / "predictions").rglob("street.json"))
-    assert written, "predict wrote no street.json into the checkpoint's run folder"
+    written = list((run / "predictions").rglob("street.jpg.json"))
+    assert written, "predict wrote no street.jpg.json into the checkpoint's run folder"
     record = json.loads(written[0].read_text())
     assert "detection" in record and "classification" not in record
 
 
-@NEEDS_OVERLAYS
 def test_separate_files_with_derived_multilabel_classes(tmp_path: Path) -> None:
     paths = fabricate.board_multilabel(tmp_path / "board")
     command = substitute(_command("--data.init_args.train_annotations"), _placeholders(paths))
@@ -115,7 +111,6 @@ def test_separate_files_with_derived_multilabel_classes(tmp_path: Path) -> None:
     assert "val/classification/loss" in result["metrics"]
 
 
-@NEEDS_OVERLAYS
 def test_crowd_region_and_noncontiguous_ids(tmp_path: Path) -> None:
     paths = fabricate.crowd_noncontiguous(tmp_path / "sample")
     command = substitute(_command("--data.init_args.annotations"), _placeholders(paths))
@@ -125,7 +120,8 @@ def test_crowd_region_and_noncontiguous_ids(tmp_path: Path) -> None:
 
 
 def test_check_data_command_accepts_each_set(tmp_path: Path) -> None:
-    (command,) = [c for c in commands(SECTION) if c[0] == "check-data"]
+    (command,) = [c for c in commands(SECTION)
+                  if c[0] == "check-data" and any("--annotations" in w for w in c)]
     for paths in (fabricate.board_multilabel(tmp_path / "board"),
                   fabricate.single_category(tmp_path / "one"),
                   fabricate.crowd_noncontiguous(tmp_path / "crowd")):
@@ -138,11 +134,15 @@ def test_check_data_command_accepts_each_set(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not FRUITS_NUTS.is_dir(), reason="../shared/data/fruits_nuts is absent")
 def test_the_example_config_and_its_cache_option(tmp_path: Path) -> None:
-    for number, command in enumerate(c for c in commands(SECTION)
-                                     if any("fruits_nuts.yaml" in w for w in c)):
+    for number, command in enumerate(c for c in commands(SECTION) if c[0] == "fit"
+                                     and any("fruits_nuts.yaml" in w for w in c)):
         main([*command, *tiny(tmp_path / f"runs{number}", overlays=False)])
         run = run_dir(tmp_path / f"runs{number}")
         assert (run / "checkpoints" / "last.ckpt").is_file()
+    (check,) = [c for c in commands(SECTION) if c[0] == "check-data" and "--config" in c]
+    with pytest.raises(SystemExit) as exit_info:
+        main(check)
+    assert exit_info.value.code == 0
 
 
 @pytest.mark.parametrize("option", [["--model.tasks", "{classification: null}"],

@@ -19,9 +19,6 @@ from tests.realdata.conftest import as_a_user
 from tests.realdata.readme import commands, run_dir, tiny, yaml_blocks
 
 SECTION = "Several datasets, partial labels"
-NEEDS_OVERLAYS = pytest.mark.xfail(
-    reason="needs overlays/W&B table that draw ignore (255) pixels and name pictures by "
-    "meta['source'] (issue 20 item 3, another branch)", strict=False)
 
 
 def _predict(run: Path, tmp_path: Path) -> dict:
@@ -34,10 +31,9 @@ def _predict(run: Path, tmp_path: Path) -> dict:
           "--prediction_writer.output_dir", str(out),
           "--trainer.default_root_dir", str(tmp_path / "predict_runs"),
           "--trainer.logger", "false"])
-    return json.loads((out / "a.json").read_text())
+    return json.loads((out / "a.jpg.json").read_text())
 
 
-@NEEDS_OVERLAYS
 def test_the_example_config_runs_as_written(tmp_path: Path) -> None:
     fabricate.multisource_example(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the command's relative paths
@@ -54,7 +50,6 @@ def test_the_example_config_runs_as_written(tmp_path: Path) -> None:
         assert {"classification", "segmentation", "detection"} <= set(_predict(run, tmp_path))
 
 
-@NEEDS_OVERLAYS
 def test_camvid_snippet_and_voc_splits_with_class_subsets(tmp_path: Path) -> None:
     (snippet,) = [b for b in yaml_blocks(SECTION) if isinstance(b, list)]
     (camvid,) = snippet
