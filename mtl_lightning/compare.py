@@ -323,9 +323,10 @@ def seed_table(result: dict[str, Any]) -> tuple[Table, str]:
                       if k not in DELTA_KEYS})
     deltas = [k for k in DELTA_KEYS if any(k in m["summary"] for m in result["methods"])]
     reference = result.get("reference")
-    header = ["method", "n", *columns, *[f"{k} %" for k in deltas]]
+    labels = {"delta_m": "delta_m", "delta_m_tasks": "delta_m tasks"}
+    header = ["method", "n", *columns, *[f"{labels[k]} %" for k in deltas]]
     if reference:
-        header += [f"{k} - {reference} (paired)" for k in deltas]
+        header += [f"{labels[k]} - {reference} (paired)" for k in deltas]
     title = f"{result['stage']} metrics over seeds: mean ± std"
     if reference:
         title += f"; paired by seed against {reference}: mean ± s.e. (t, p of the paired t-test)"
