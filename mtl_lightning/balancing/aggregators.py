@@ -259,3 +259,79 @@ class FairGrad(TorchjdWeighting):
 
     def make_weighting(self, num_tasks: int) -> jd.Weighting:
         return jd.FairGradWeighting(alpha=self.alpha, max_iters=self.max_iters)
+
+
+class ExcessMTL(TorchjdWeighting):
+    """ExcessMTL (He et al., "Robust Multi-Task Learning with Excess Risks", ICML 2024).
+
+    Tasks are weighted by how far each is from its own optimum, not by its loss: the excess
+    risk of task ``t`` is estimated by a second-order expansion with an AdaGrad-style diagonal
+    Hessian, ``E_t = g_t^T diag(sqrt(sum_s g_t,s^2))^-1 g_t`` (the sum over the steps so far),
+    divided by its value at the start (scale processing), and the weights take an
+    exponentiated-gradient step on the simplex, ``w <- softmax(log w + eta E)`` (the paper's
+    Eqs. 6, 7 and 9; torchjd ``ExcessMTLWeighting``). The per-coordinate statistics need the
+    task gradients themselves: source parameters only. The squared-gradient sums (tasks x
+    shared parameters) are saved in checkpoints.
+
+    Args:
+        robust_step_size: ``eta``, the step of the weights' update (the paper's default 1).
+        warmup_steps: steps with equal weights whose mean excess risk is the reference (0:
+            the first step's, as the official code and LibMTL do).
+    """
+
+    default_source: GradientSource = "parameters"
+    takes_jacobian = True
+    state_attributes = ("_weights", "_sq_grad_sum", "_initial_w", "_warmup_w_sum", "_n_steps")
+
+    def __init__(self, robust_step_size: float = 1.0, warmup_steps: int = 0,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.robust_step_size, self.warmup_steps = robust_step_size, warmup_steps
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.ExcessMTLWeighting(robust_step_size=self.robust_step_size,
+                                     n_warmup_steps=self.warmup_steps)
+
+    def restored(self, weighting: jd.Weighting) -> None:
+        total = weighting._sq_grad_sum
+        if total is not None:  # torchjd keys its state by the Jacobian's shape and place
+            weighting._state_key = (*total.shape, total.dtype, total.device)
+
+
+class SDMGrad(TorchjdWeighting):
+    """Stochastic direction-oriented multi-objective gradient, SDMGrad (Xiao et al.,
+    "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
+    Algorithms", NeurIPS 2023).
+
+    ``w = argmin_{w in simplex} 1/2 ||J^T w + lambda J^T w~||^2`` (``w~`` the preference,
+    uniform by default): MGDA's min-norm problem pulled towards the average gradient, solved
+    by projected SGD with momentum on the normalised Gramian, warm-started from the previous
+    step's ``w``; the update is ``J^T (w + lambda w~) / (1 + lambda)`` (torchjd
+    ``SDMGradWeighting``). The paper samples two independent batches for the Gramian
+    ``J_1 J_2^T``; like LibMTL, this takes the one batch's ``J J^T`` (one step, one batch).
+    ``w`` is saved in checkpoints.
+
+    Args:
+        lambda_: pull towards the preference direction (the official experiments: 0.3).
+        lr, momentum, n_iter: the inner projected SGD (torchjd's defaults).
+        pref_vector: ``w~`` (``None``: uniform).
+    """
+
+    default_source: GradientSource = "parameters"
+    state_attributes = ("_w",)
+
+    def __init__(self, lambda_: float = 0.3, lr: float = 10.0, momentum: float = 0.5,
+                 n_iter: int = 20, pref_vector: list[float] | None = None,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.lambda_, self.lr, self.momentum, self.n_iter = lambda_, lr, momentum, n_iter
+        self.pref_vector = pref_vector
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.SDMGradWeighting(lr=self.lr, momentum=self.momentum, n_iter=self.n_iter,
+                                   lambda_=self.lambda_, pref_vector=_preference(self.pref_vector))
+
+    def restored(self, weighting: jd.Weighting) -> None:
+        w = weighting._w
+        if w is not None:
+            weighting._state_key = (w.shape[0], w.dtype, w.device)
