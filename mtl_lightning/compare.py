@@ -35,7 +35,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mtl_lightning.metrics import delta_m, task_results
+from mtl_lightning.metrics import delta_m, lower_is_better_default, task_results
 from mtl_lightning.seed_statistics import paired_difference, summarize
 
 METRICS_FILE, RUN_FILE, CONFIG_FILE = "metrics.json", "run.json", "config.yaml"
@@ -251,7 +251,9 @@ def compare(run_dirs: Sequence[Path | str], baseline_dirs: Sequence[Path | str],
     rows = [_row(run, role, stage, metrics, reference_values, warnings)
             for role, group in (("baseline", baselines), ("run", runs)) for run in group]
     methods = summarize_methods(rows, reference, warnings)
-    return {"stage": stage, "baselines": reference_values, "rows": rows,
+    lower = sorted({f"{t}/{m}" for row in rows for t, ms in row["results"].items() for m in ms
+                    if m in lower_is_better_default(t)})
+    return {"stage": stage, "baselines": reference_values, "rows": rows, "lower_is_better": lower,
             "reference": reference if any(m["method"] == reference for m in methods) else None,
             "methods": methods, "warnings": warnings}
 
@@ -413,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         rich_seeds, markdown_seeds = seed_table(result)
         console.print(rich_seeds)
         markdown += "\n" + markdown_seeds
+    if result["lower_is_better"]:
+        print(f"Lower is better (delta_m flips their sign): {', '.join(result['lower_is_better'])}")
     for warning in result["warnings"]:
         print(f"mtl-lightning compare: warning: {warning}", file=sys.stderr)
     if args.reference != DEFAULT_REFERENCE and result["reference"] is None:

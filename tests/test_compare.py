@@ -127,6 +127,7 @@ def test_each_seed_has_delta_m_over_metrics_and_over_tasks(seeded) -> None:
     # seed 2: accuracy -10 %, abs_err 0, rmse +20 %.
     assert rows["equal_seed2"]["delta_m"] == pytest.approx(10 / 3)
     assert rows["equal_seed2"]["delta_m_tasks"] == pytest.approx(0.0)
+    assert result["lower_is_better"] == ["depth/abs_err", "depth/rmse"]
     assert result["warnings"] == []
 
 
