@@ -250,6 +250,12 @@ def compare(run_dirs: Sequence[Path | str], baseline_dirs: Sequence[Path | str],
     warnings: list[str] = []
     rows = [_row(run, role, stage, metrics, reference_values, warnings)
             for role, group in (("baseline", baselines), ("run", runs)) for run in group]
+    task_sets = {tuple(sorted(r["results"])) for r in rows if r["role"] == "run" and r["results"]}
+    if len(task_sets) > 1 and not reference_values:
+        listing = "; ".join(f"{r['run']}: {', '.join(sorted(r['results']))}" for r in rows
+                            if r["role"] == "run")
+        warnings.append(f"The runs do not have the same tasks ({listing}): their columns "
+                        "are not comparable side by side.")
     methods = summarize_methods(rows, reference, warnings)
     lower = sorted({f"{t}/{m}" for row in rows for t, ms in row["results"].items() for m in ms
                     if m in lower_is_better_default(t)})

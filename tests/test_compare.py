@@ -222,6 +222,13 @@ def test_runs_whose_tasks_do_not_match_the_baselines_are_warned_about(runs, tmp_
     assert "warning: only_cls has tasks classification" in capsys.readouterr().err
 
 
+def test_runs_with_different_tasks_are_warned_about_without_baselines(runs) -> None:
+    result = compare([runs["mtl"], runs["cls"]], [])
+    assert result["warnings"] == [
+        "The runs do not have the same tasks (mtl: classification, segmentation; single_cls: "
+        "classification): their columns are not comparable side by side."]
+
+
 def test_nan_metrics_are_warned_about_and_give_no_delta_m(runs, tmp_path) -> None:
     nan = _run(tmp_path, "diverged", {"test/classification/accuracy": float("nan"),
                                       "test/segmentation/miou": 0.5})
