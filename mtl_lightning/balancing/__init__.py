@@ -27,6 +27,7 @@ from mtl_lightning.balancing.famo import FastAdaptiveMultitask
 from mtl_lightning.balancing.geometric import GeometricLossStrategy
 from mtl_lightning.balancing.gradient_weighting import GradientWeighting, TorchjdWeighting
 from mtl_lightning.balancing.gradnorm import GradNorm
+from mtl_lightning.balancing.impartial import ImpartialLossWeighting
 from mtl_lightning.balancing.jacobian_aggregation import JacobianAggregation
 from mtl_lightning.balancing.loss_weighting import Combination, LossWeighting
 from mtl_lightning.balancing.moco import MoCo
@@ -39,7 +40,7 @@ __all__ = [
     "DBMTL", "IMTLG", "MGDA", "AlignedMTL", "Balancer", "CAGrad", "Combination", "ConFIG",
     "DualProj", "DynamicWeightAverage", "ExcessMTL", "FairGrad", "FastAdaptiveMultitask",
     "GeometricLossStrategy", "GradDrop", "GradNorm", "GradVac", "GradientWeighting",
-    "JacobianAggregation", "LossWeighting", "MoCo", "NashMTL", "PCGrad",
+    "ImpartialLossWeighting", "JacobianAggregation", "LossWeighting", "MoCo", "NashMTL", "PCGrad",
     "RandomLossWeighting", "SDMGrad", "SmoothTchebycheff", "StaticWeighting", "TaskLosses",
     "TorchjdWeighting", "UPGrad", "UncertaintyWeighting",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torchjd.scalarization import STCH
 
 from mtl_lightning.balancing.base import TaskLosses
 from mtl_lightning.balancing.loss_weighting import LossWeighting
@@ -22,7 +23,7 @@ class SmoothTchebycheff(LossWeighting):
     ``m`` (LibMTL): when every task is as far from its reference, task ``t`` gets the weight
     ``lambda_t df_t/dl_t``, as in the plain sum of the objectives.
     ``log_losses: false`` takes ``f_t = l_t`` (the paper's general form, Eq. 6). The nadir
-    sums are saved in checkpoints.
+    sums are saved in checkpoints. The smooth maximum is torchjd's ``STCH`` scalarizer.
 
     Args:
         mu: smoothing (LibMTL's default 1; smaller is closer to the max).
@@ -74,4 +75,4 @@ class SmoothTchebycheff(LossWeighting):
                 return objectives.sum()
         preference = torch.tensor([float(self.preference.get(t, 1.0)) for t in tasks],
                                   dtype=values.dtype, device=values.device)
-        return len(tasks) * self.mu * torch.logsumexp(preference * objectives / self.mu, 0)
+        return len(tasks) * STCH(self.mu, weights=preference)(objectives)

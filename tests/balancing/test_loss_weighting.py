@@ -18,6 +18,7 @@ from mtl_lightning.balancing import (
     DynamicWeightAverage,
     FastAdaptiveMultitask,
     GeometricLossStrategy,
+    ImpartialLossWeighting,
     LossWeighting,
     RandomLossWeighting,
     SmoothTchebycheff,
@@ -62,7 +63,8 @@ def bound(balancer: LossWeighting, tasks: list[str]) -> LossWeighting:
     GeometricLossStrategy,
     FastAdaptiveMultitask,
     SmoothTchebycheff,
-], ids=["static", "uncertainty", "dwa", "rlw", "gls", "famo", "stch"])
+    ImpartialLossWeighting,
+], ids=["static", "uncertainty", "dwa", "rlw", "gls", "famo", "stch", "imtl_l"])
 def test_backpropagated_loss_weights_each_task_by_its_reported_weight(make) -> None:
     """What reaches each task's loss in the backward is exactly the logged weight."""
     balancer = bound(make(), ["a", "b", "c"])
