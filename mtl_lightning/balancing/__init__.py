@@ -6,8 +6,10 @@ mixed precision, gradient accumulation and clipping, partial labels, checkpoints
 """
 
 from mtl_lightning.balancing.aggregators import (
+    CRMOGM,
     IMTLG,
     MGDA,
+    PCD,
     AlignedMTL,
     CAGrad,
     DualProj,
@@ -37,7 +39,8 @@ from mtl_lightning.balancing.static import StaticWeighting
 from mtl_lightning.balancing.uncertainty import UncertaintyWeighting
 
 __all__ = [
-    "DBMTL", "IMTLG", "MGDA", "AlignedMTL", "Balancer", "CAGrad", "Combination", "ConFIG",
+    "CRMOGM", "DBMTL", "IMTLG", "MGDA", "PCD", "AlignedMTL", "Balancer", "CAGrad",
+    "Combination", "ConFIG",
     "DualProj", "DynamicWeightAverage", "ExcessMTL", "FairGrad", "FastAdaptiveMultitask",
     "GeometricLossStrategy", "GradDrop", "GradNorm", "GradVac", "GradientWeighting",
     "ImpartialLossWeighting", "JacobianAggregation", "LossWeighting", "MoCo", "NashMTL", "PCGrad",

@@ -335,3 +335,89 @@ class SDMGrad(TorchjdWeighting):
         w = weighting._w
         if w is not None:
             weighting._state_key = (w.shape[0], w.dtype, w.device)
+
+
+#: The Gramian weightings CR-MOGM can smooth, by config name.
+_SMOOTHABLE: dict[str, type[jd.Weighting]] = {
+    "mgda": jd.MGDAWeighting, "upgrad": jd.UPGradWeighting, "dualproj": jd.DualProjWeighting,
+    "imtl_g": jd.IMTLGWeighting, "cagrad": jd.CAGradWeighting,
+}
+
+
+class CRMOGM(TorchjdWeighting):
+    """Correlation-reduced multi-objective gradient manipulation, CR-MOGM (Zhou et al., "On
+    the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond", NeurIPS
+    2022).
+
+    A gradient manipulation's weights computed on one mini-batch are correlated with that
+    batch's gradients, which biases the update; CR-MOGM smooths them over steps,
+    ``w_k = alpha w_(k-1) + (1 - alpha) w^_k`` (``w_0 = w^_1``), where ``w^_k`` is the wrapped
+    method's weights at step ``k`` (MGDA in the paper; torchjd ``CRMOGMWeighting``). The
+    smoothed weights are saved in checkpoints.
+
+    Args:
+        method: the wrapped weighting: ``mgda`` (the paper's), ``upgrad``, ``dualproj``,
+            ``imtl_g`` or ``cagrad`` (torchjd's defaults for their options).
+        alpha: smoothing (0: the wrapped method itself).
+    """
+
+    default_source: GradientSource = "representation"
+    state_attributes = ("_lambda",)
+
+    def __init__(self, method: Literal["mgda", "upgrad", "dualproj", "imtl_g", "cagrad"] = "mgda",
+                 alpha: float = 0.9, source: GradientSource | None = None,
+                 statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        if method not in _SMOOTHABLE:
+            raise ValueError(f"CR-MOGM method must be one of {sorted(_SMOOTHABLE)}, got "
+                             f"{method!r}.")
+        self.method, self.alpha = method, alpha
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.CRMOGMWeighting(_SMOOTHABLE[self.method](), alpha=self.alpha)
+
+
+class PCD(TorchjdWeighting):
+    """Priority-constrained descent, PCD (Varam et al., "Not All Objectives Are Born Equal:
+    Priority-Constrained Descent for Hierarchical Multi-Objective Optimization", TMLR 2026).
+
+    One task is primary, the others (auxiliary tasks) secondary. With ``g~_t = g_t / sqrt(v_t)``
+    (``v_t`` a bias-corrected EMA of ``||g_t||^2``), the update follows the primary gradient as
+    closely as possible while every secondary task keeps a fraction ``tau`` of its own progress:
+    ``d = argmin_d 1/2 ||d - g~_p||^2`` subject to ``g~_t . d >= tau ||g~_t||^2``, rescaled to
+    ``||g_p||`` (torchjd ``PCDWeighting``). A batch that does not label the primary task gives
+    the plain sum of the others. The EMAs are saved in checkpoints.
+
+    Args:
+        primary: the primary task's name.
+        tau: the guaranteed fraction of progress of each secondary task (torchjd's 0.02).
+        beta: the decay of the squared-norm EMA (torchjd's 0.999).
+    """
+
+    default_source: GradientSource = "parameters"
+    state_attributes = ("_sq_norm_ema", "_n_steps", "_state_key")
+
+    def __init__(self, primary: str, tau: float = 0.02, beta: float = 0.999,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.primary, self.tau, self.beta = primary, tau, beta
+
+    def bind(self, tasks: list[str]) -> None:
+        if self.primary not in tasks:
+            raise ValueError(f"PCD's primary task {self.primary!r} is not one of the model's "
+                             f"tasks {tasks}; set --model.balancer.init_args.primary.")
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.PCDWeighting(tau=self.tau, beta=self.beta)
+
+    def weights(self, gramian: torch.Tensor, losses: TaskLosses, step: int) -> torch.Tensor:
+        tasks = losses.tasks
+        if self.primary not in tasks:
+            return torch.ones(len(tasks), dtype=gramian.dtype, device=gramian.device)
+        order = [tasks.index(self.primary)] + [i for i, t in enumerate(tasks)
+                                               if t != self.primary]
+        weighting = self.weighting_for(tuple(tasks[i] for i in order))
+        permuted = weighting(gramian[order][:, order])
+        weights = torch.empty_like(permuted)
+        weights[order] = permuted
+        return weights

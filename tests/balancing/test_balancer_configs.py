@@ -51,10 +51,10 @@ def test_every_balancing_method_has_a_config() -> None:
         if inspect.isclass(cls := getattr(balancing, name))
         and issubclass(cls, (LossWeighting, GradientWeighting)) and not _abstract(cls)
     }
-    assert len(methods) >= 25
+    assert len(methods) >= 27
     configured = {balancer_class(path) for path in BALANCER_CONFIGS}
     assert methods - configured == set()
-    assert len(BALANCER_CONFIGS) >= 27
+    assert len(BALANCER_CONFIGS) >= 29
 
 
 @pytest.mark.parametrize("config", BALANCER_CONFIGS, ids=[p.stem for p in BALANCER_CONFIGS])

@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mtl_lightning.balancing import (
     DBMTL,
     MGDA,
+    PCD,
     Balancer,
     ConFIG,
     ExcessMTL,
@@ -283,6 +284,8 @@ BALANCERS = {
     "graddrop": lambda: GradDrop(),  # random: the same draw on every process
     "db_mtl": lambda: DBMTL(),  # stateful: per-task averages of past log-loss gradients
     "moco": lambda: MoCo(),
+    # A primary task: step 3 labels it nowhere (the others' plain sum).
+    "pcd": lambda: PCD(primary="segmentation"),
 }
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from mtl_lightning.balancing import (
     DBMTL,
+    PCD,
     Balancer,
     DynamicWeightAverage,
     ExcessMTL,
@@ -61,6 +62,7 @@ BALANCERS: dict[str, Callable[[], Balancer]] = {
     "excess-mtl": ExcessMTL,
     "db-mtl": DBMTL,
     "moco": MoCo,
+    "pcd": lambda: PCD(primary="segmentation"),  # the second batch lacks the primary task
 }
 
 
