@@ -127,7 +127,7 @@ def merged_baselines(runs: list[dict[str, Any]], stage: str,
     per_task: dict[str, list[dict[str, float]]] = {}
     owner: dict[str, str] = {}
     for run in runs:
-        for task, values in task_results(run["metrics"], stage, metrics).items():
+        for task, values in _results(run, stage, metrics).items():
             if task in owner and owner[task] != run["method"]:
                 raise ValueError(f"Two baselines for {task}: {owner[task]} and {run['name']}; "
                                  "give one baseline run per task (or seeds of one method).")
@@ -140,10 +140,20 @@ def merged_baselines(runs: list[dict[str, Any]], stage: str,
     return merged
 
 
+def _results(run: dict[str, Any], stage: str,
+             metrics: dict[str, list[str]] | None) -> dict[str, dict[str, float]]:
+    """A run's ``{task: {metric: value}}``, or one sentence naming the file with a bad value."""
+    try:
+        return task_results(run["metrics"], stage, metrics)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{run['path']}/{METRICS_FILE} holds a value that is not a number "
+                         f"({error}); give a run directory written by fit or test.") from None
+
+
 def _row(run: dict[str, Any], role: str, stage: str, metrics: dict[str, list[str]] | None,
          reference: dict[str, dict[str, float]], warnings: list[str]) -> dict[str, Any]:
     """One run's row: its metrics, cost and both delta_m (``None`` where undefined)."""
-    results = task_results(run["metrics"], stage, metrics)
+    results = _results(run, stage, metrics)
     row: dict[str, Any] = {"run": run["name"], "method": run["method"], "seed": run["seed"],
                            "role": role, "path": run["path"], "results": results}
     if not results:

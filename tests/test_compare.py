@@ -256,6 +256,12 @@ def test_a_truncated_metrics_file_is_named_in_one_sentence(runs, tmp_path, capsy
     assert f"{broken / 'metrics.json'} is not valid JSON" in err
 
 
+def test_a_metric_that_is_not_a_number_is_named(tmp_path, capsys) -> None:
+    odd = _run(tmp_path, "odd", {"test/classification/accuracy": "high"})
+    code, err = _cli([str(odd), "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and f"{odd}/metrics.json holds a value that is not a number" in err
+
+
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
 def test_an_output_that_cannot_be_written_is_one_sentence(where, runs, tmp_path,
                                                           capsys) -> None:
