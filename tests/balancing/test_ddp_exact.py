@@ -65,7 +65,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mtl_lightning.balancing import (
     DBMTL,
     MGDA,
-    PCD,
     Balancer,
     ConFIG,
     ExcessMTL,
@@ -284,8 +283,6 @@ BALANCERS = {
     "graddrop": lambda: GradDrop(),  # random: the same draw on every process
     "db_mtl": lambda: DBMTL(),  # stateful: per-task averages of past log-loss gradients
     "moco": lambda: MoCo(),
-    # A primary task: step 3 labels it nowhere (the others' plain sum).
-    "pcd": lambda: PCD(primary="segmentation"),
 }
 
 
