@@ -16,6 +16,11 @@ errors), so a positive value is always an improvement. Then
 Both are returned in percent, as the papers report them. Results are nested mappings
 ``{task: {metric: value}}``; :func:`task_results` builds them from the flat
 ``{stage}/{task}/{metric}`` keys of ``metrics.json``.
+
+A metric's direction comes from the metric itself where the object is at hand (torchmetrics'
+``higher_is_better``, see :func:`lower_is_better_of`); from names alone (a ``metrics.json``)
+it is what the task class declares (``Task.lower_is_better``) plus :data:`LOWER_BY_NAME`, the
+table of metric names that are errors or losses wherever they appear.
 """
 
 from __future__ import annotations
@@ -26,14 +31,33 @@ from typing import Literal
 from mtl_lightning.tasks import TASKS
 
 Results = Mapping[str, Mapping[str, float]]
-#: Metric names where lower is better for every task.
-ALWAYS_LOWER = frozenset({"loss"})
+#: Metric names where lower is better for every task: losses, and the error measures of the
+#: dense regression benchmarks (depth: abs_err, rel_err, sq_rel, rmse, rmse_log; surface
+#: normals: mean_angle, median_angle, and their short forms mean and median as LibMTL and
+#: the MTAN code name them; boundaries: odsf is higher-is-better and not listed).
+LOWER_BY_NAME = frozenset({
+    "loss", "abs_err", "rel_err", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "mae",
+    "mse", "mean_angle", "median_angle", "mean", "median", "angle_mean", "angle_median",
+})
 
 
 def lower_is_better_default(task: str) -> frozenset[str]:
-    """Metrics of ``task`` where lower is better: what its Task class declares, plus losses."""
+    """Metrics of ``task`` where lower is better: what its Task class declares, plus every
+    name in :data:`LOWER_BY_NAME`."""
     declared = TASKS[task].lower_is_better if task in TASKS else frozenset()
-    return frozenset(declared) | ALWAYS_LOWER
+    return frozenset(declared) | LOWER_BY_NAME
+
+
+def lower_is_better_of(metrics: Mapping[str, object]) -> frozenset[str]:
+    """The names in ``metrics`` (name -> torchmetrics ``Metric``) whose metric declares
+    ``higher_is_better=False``; a metric that declares nothing (``None``) falls back to
+    :data:`LOWER_BY_NAME`."""
+    lower = set()
+    for name, metric in metrics.items():
+        higher = getattr(metric, "higher_is_better", None)
+        if higher is False or (higher is None and name in LOWER_BY_NAME):
+            lower.add(name)
+    return frozenset(lower)
 
 
 def relative_changes(

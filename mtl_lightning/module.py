@@ -376,10 +376,11 @@ class MultiTaskModule(LightningModule):
         structure = self._shared_structure()
         gradients = compute_task_gradients(losses, structure, self.balancer.source, scale)
         if torch.isfinite(gradients.gramian).all():
-            weights = self.balancer.weights(gradients.gramian, losses, self.global_step)
+            update = self.balancer.update(gradients, losses, self.global_step)
+            weights, combined = update.weights, update.combined
         else:  # overflow under 16-mixed: the scaler will skip this step and lower the scale
-            weights = torch.ones(len(losses.tasks))
-        write_combined_gradients(gradients, weights, structure, scale)
+            weights, combined = torch.ones(len(losses.tasks)), None
+        write_combined_gradients(gradients, weights, structure, scale, combined)
         self.architecture.representation = []
         self._balance_log = {f"weight/{t}": w.detach().float().cpu()
                              for t, w in zip(losses.tasks, weights)}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mtl_lightning.metrics import (
+    LOWER_BY_NAME,
     delta_m,
     delta_m_per_task,
     lower_is_better_default,
+    lower_is_better_of,
     relative_changes,
     task_results,
 )
@@ -46,7 +48,7 @@ def test_the_baseline_itself_scores_zero_and_worse_is_negative() -> None:
 
 def test_losses_are_lower_is_better_by_default() -> None:
     assert "loss" in lower_is_better_default("segmentation")
-    assert lower_is_better_default("unknown") == frozenset({"loss"})
+    assert lower_is_better_default("unknown") == LOWER_BY_NAME  # the name table, losses in it
     assert delta_m({"detection": {"loss": 1.0}}, {"detection": {"loss": 2.0}}) == 50.0
 
 
@@ -68,3 +70,21 @@ def test_task_results_pick_headline_metrics_of_a_stage() -> None:
     chosen = task_results(flat, "test", {"detection": ["map_50", "loss"]})
     assert chosen == {"detection": {"map_50": 0.3, "loss": 2.0}}
     assert task_results(flat, "val") == {"segmentation": {"miou": 0.1}}
+
+
+def test_regression_errors_are_lower_is_better_by_name() -> None:
+    for name in ("abs_err", "rel_err", "rmse", "mean_angle", "median_angle", "loss"):
+        assert name in lower_is_better_default("depth"), name
+    assert "miou" not in lower_is_better_default("segmentation")
+    # Without a direction table an error that fell would count as a loss of quality.
+    assert delta_m({"normals": {"mean_angle": 20.0}}, {"normals": {"mean_angle": 25.0}}) == 20.0
+
+
+def test_the_direction_of_a_known_metric_object_is_its_own() -> None:
+    from torchmetrics.classification import MulticlassAccuracy
+    from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
+    metrics = {"accuracy": MulticlassAccuracy(num_classes=3), "abs_err": MeanAbsoluteError(),
+               "custom_error": MeanSquaredError(), "rmse": object()}
+    # custom_error: the metric says lower is better; rmse: no object, the name table says so.
+    assert lower_is_better_of(metrics) == {"abs_err", "custom_error", "rmse"}

@@ -259,3 +259,165 @@ class FairGrad(TorchjdWeighting):
 
     def make_weighting(self, num_tasks: int) -> jd.Weighting:
         return jd.FairGradWeighting(alpha=self.alpha, max_iters=self.max_iters)
+
+
+class ExcessMTL(TorchjdWeighting):
+    """ExcessMTL (He et al., "Robust Multi-Task Learning with Excess Risks", ICML 2024).
+
+    Tasks are weighted by how far each is from its own optimum, not by its loss: the excess
+    risk of task ``t`` is estimated by a second-order expansion with an AdaGrad-style diagonal
+    Hessian, ``E_t = g_t^T diag(sqrt(sum_s g_t,s^2))^-1 g_t`` (the sum over the steps so far),
+    divided by its value at the start (scale processing), and the weights take an
+    exponentiated-gradient step on the simplex, ``w <- softmax(log w + eta E)`` (the paper's
+    Eqs. 6, 7 and 9; torchjd ``ExcessMTLWeighting``). The per-coordinate statistics need the
+    task gradients themselves: source parameters only. The squared-gradient sums (tasks x
+    shared parameters) are saved in checkpoints.
+
+    Args:
+        robust_step_size: ``eta``, the step of the weights' update (the paper's default 1).
+        warmup_steps: steps with equal weights whose mean excess risk is the reference (0:
+            the first step's, as the official code and LibMTL do).
+    """
+
+    default_source: GradientSource = "parameters"
+    takes_jacobian = True
+    state_attributes = ("_weights", "_sq_grad_sum", "_initial_w", "_warmup_w_sum", "_n_steps")
+
+    def __init__(self, robust_step_size: float = 1.0, warmup_steps: int = 0,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.robust_step_size, self.warmup_steps = robust_step_size, warmup_steps
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.ExcessMTLWeighting(robust_step_size=self.robust_step_size,
+                                     n_warmup_steps=self.warmup_steps)
+
+    def restored(self, weighting: jd.Weighting) -> None:
+        total = weighting._sq_grad_sum
+        if total is not None:  # torchjd keys its state by the Jacobian's shape and place
+            weighting._state_key = (*total.shape, total.dtype, total.device)
+
+
+class SDMGrad(TorchjdWeighting):
+    """Stochastic direction-oriented multi-objective gradient, SDMGrad (Xiao et al.,
+    "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
+    Algorithms", NeurIPS 2023).
+
+    ``w = argmin_{w in simplex} 1/2 ||J^T w + lambda J^T w~||^2`` (``w~`` the preference,
+    uniform by default): MGDA's min-norm problem pulled towards the average gradient, solved
+    by projected SGD with momentum on the normalised Gramian, warm-started from the previous
+    step's ``w``; the update is ``J^T (w + lambda w~) / (1 + lambda)`` (torchjd
+    ``SDMGradWeighting``). The paper samples two independent batches for the Gramian
+    ``J_1 J_2^T``; like LibMTL, this takes the one batch's ``J J^T`` (one step, one batch).
+    ``w`` is saved in checkpoints.
+
+    Args:
+        lambda_: pull towards the preference direction (the official experiments: 0.3).
+        lr, momentum, n_iter: the inner projected SGD (torchjd's defaults).
+        pref_vector: ``w~`` (``None``: uniform).
+    """
+
+    default_source: GradientSource = "parameters"
+    state_attributes = ("_w",)
+
+    def __init__(self, lambda_: float = 0.3, lr: float = 10.0, momentum: float = 0.5,
+                 n_iter: int = 20, pref_vector: list[float] | None = None,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.lambda_, self.lr, self.momentum, self.n_iter = lambda_, lr, momentum, n_iter
+        self.pref_vector = pref_vector
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.SDMGradWeighting(lr=self.lr, momentum=self.momentum, n_iter=self.n_iter,
+                                   lambda_=self.lambda_, pref_vector=_preference(self.pref_vector))
+
+    def restored(self, weighting: jd.Weighting) -> None:
+        w = weighting._w
+        if w is not None:
+            weighting._state_key = (w.shape[0], w.dtype, w.device)
+
+
+#: The Gramian weightings CR-MOGM can smooth, by config name.
+_SMOOTHABLE: dict[str, type[jd.Weighting]] = {
+    "mgda": jd.MGDAWeighting, "upgrad": jd.UPGradWeighting, "dualproj": jd.DualProjWeighting,
+    "imtl_g": jd.IMTLGWeighting, "cagrad": jd.CAGradWeighting,
+}
+
+
+class CRMOGM(TorchjdWeighting):
+    """Correlation-reduced multi-objective gradient manipulation, CR-MOGM (Zhou et al., "On
+    the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond", NeurIPS
+    2022).
+
+    A gradient manipulation's weights computed on one mini-batch are correlated with that
+    batch's gradients, which biases the update; CR-MOGM smooths them over steps,
+    ``w_k = alpha w_(k-1) + (1 - alpha) w^_k`` (``w_0 = w^_1``), where ``w^_k`` is the wrapped
+    method's weights at step ``k`` (MGDA in the paper; torchjd ``CRMOGMWeighting``). The
+    smoothed weights are saved in checkpoints.
+
+    Args:
+        method: the wrapped weighting: ``mgda`` (the paper's), ``upgrad``, ``dualproj``,
+            ``imtl_g`` or ``cagrad`` (torchjd's defaults for their options).
+        alpha: smoothing (0: the wrapped method itself).
+    """
+
+    default_source: GradientSource = "representation"
+    state_attributes = ("_lambda",)
+
+    def __init__(self, method: Literal["mgda", "upgrad", "dualproj", "imtl_g", "cagrad"] = "mgda",
+                 alpha: float = 0.9, source: GradientSource | None = None,
+                 statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        if method not in _SMOOTHABLE:
+            raise ValueError(f"CR-MOGM method must be one of {sorted(_SMOOTHABLE)}, got "
+                             f"{method!r}.")
+        self.method, self.alpha = method, alpha
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.CRMOGMWeighting(_SMOOTHABLE[self.method](), alpha=self.alpha)
+
+
+class PCD(TorchjdWeighting):
+    """Priority-constrained descent, PCD (Varam et al., "Not All Objectives Are Born Equal:
+    Priority-Constrained Descent for Hierarchical Multi-Objective Optimization", TMLR 2026).
+
+    One task is primary, the others (auxiliary tasks) secondary. With ``g~_t = g_t / sqrt(v_t)``
+    (``v_t`` a bias-corrected EMA of ``||g_t||^2``), the update follows the primary gradient as
+    closely as possible while every secondary task keeps a fraction ``tau`` of its own progress:
+    ``d = argmin_d 1/2 ||d - g~_p||^2`` subject to ``g~_t . d >= tau ||g~_t||^2``, rescaled to
+    ``||g_p||`` (torchjd ``PCDWeighting``). A batch that does not label the primary task gives
+    the plain sum of the others. The EMAs are saved in checkpoints.
+
+    Args:
+        primary: the primary task's name.
+        tau: the guaranteed fraction of progress of each secondary task (torchjd's 0.02).
+        beta: the decay of the squared-norm EMA (torchjd's 0.999).
+    """
+
+    default_source: GradientSource = "parameters"
+    state_attributes = ("_sq_norm_ema", "_n_steps", "_state_key")
+
+    def __init__(self, primary: str, tau: float = 0.02, beta: float = 0.999,
+                 source: GradientSource | None = None, statistics_every: int = 50) -> None:
+        super().__init__(source=source, statistics_every=statistics_every)
+        self.primary, self.tau, self.beta = primary, tau, beta
+
+    def bind(self, tasks: list[str]) -> None:
+        if self.primary not in tasks:
+            raise ValueError(f"PCD's primary task {self.primary!r} is not one of the model's "
+                             f"tasks {tasks}; set --model.balancer.init_args.primary.")
+
+    def make_weighting(self, num_tasks: int) -> jd.Weighting:
+        return jd.PCDWeighting(tau=self.tau, beta=self.beta)
+
+    def weights(self, gramian: torch.Tensor, losses: TaskLosses, step: int) -> torch.Tensor:
+        tasks = losses.tasks
+        if self.primary not in tasks:
+            return torch.ones(len(tasks), dtype=gramian.dtype, device=gramian.device)
+        order = [tasks.index(self.primary)] + [i for i, t in enumerate(tasks)
+                                               if t != self.primary]
+        weighting = self.weighting_for(tuple(tasks[i] for i in order))
+        permuted = weighting(gramian[order][:, order])
+        weights = torch.empty_like(permuted)
+        weights[order] = permuted
+        return weights

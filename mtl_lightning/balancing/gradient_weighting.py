@@ -10,7 +10,8 @@ representation source). torchjd provides the weightings (``MGDAWeighting``, ...)
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -18,7 +19,25 @@ from torchjd.aggregation import Weighting
 
 from mtl_lightning.balancing.base import Balancer, TaskLosses
 
+if TYPE_CHECKING:
+    from mtl_lightning.balancing.task_gradients import TaskGradients
+
 GradientSource = Literal["representation", "parameters"]
+
+
+@dataclass
+class Update:
+    """What a gradient method returns for one step.
+
+    Attributes:
+        weights: one per task: each head receives ``w_t g_t``; for a weighted sum the shared
+            parameters receive ``sum_t w_t g_t`` too (logged as ``train/mtl/weight/<task>``).
+        combined: for an aggregator that is not a weighted sum, the update of the shared
+            parameters, over the columns of ``TaskGradients.jacobian()``; ``None`` otherwise.
+    """
+
+    weights: torch.Tensor
+    combined: torch.Tensor | None = None
 
 
 class GradientWeighting(Balancer):
@@ -49,6 +68,11 @@ class GradientWeighting(Balancer):
     def weights(self, gramian: torch.Tensor, losses: TaskLosses, step: int) -> torch.Tensor:
         """``m`` weights for the tasks ``losses.tasks`` from their ``m x m`` Gramian."""
 
+    def update(self, gradients: TaskGradients, losses: TaskLosses, step: int) -> Update:
+        """This step's update from the task gradients: by default the weighted sum with
+        :meth:`weights` of their Gramian. Methods that need ``J`` itself override it."""
+        return Update(self.weights(gradients.gramian, losses, step))
+
 
 def gramian_square_root(gramian: torch.Tensor) -> torch.Tensor:
     """A square ``M`` with ``M M^T = G``: for methods torchjd defines on the matrix ``J``
@@ -68,10 +92,16 @@ class TorchjdWeighting(GradientWeighting):
     """
 
     takes_matrix: bool = False  # torchjd defines it on J rather than on G
+    #: the weights depend on ``J`` itself, not only on ``J J^T`` (ExcessMTL's per-coordinate
+    #: statistics): given the global ``J`` of the parameters source.
+    takes_jacobian: bool = False
     state_attributes: tuple[str, ...] = ()
 
     def __init__(self, source: GradientSource | None = None, statistics_every: int = 50) -> None:
         super().__init__(source=source, statistics_every=statistics_every)
+        if self.takes_jacobian and self.source != "parameters":
+            raise ValueError(f"{type(self).__name__} needs the task gradients at the "
+                             f"parameters: give source: parameters, not {self.source!r}.")
         self._weightings: dict[tuple[str, ...], Weighting] = {}
 
     @abstractmethod
@@ -84,10 +114,19 @@ class TorchjdWeighting(GradientWeighting):
         return self._weightings[tasks]
 
     def weights(self, gramian: torch.Tensor, losses: TaskLosses, step: int) -> torch.Tensor:
+        if self.takes_jacobian:
+            raise TypeError(f"{type(self).__name__} weights J itself, not its Gramian: call "
+                            "update() with the task gradients.")
         weighting = self.weighting_for(losses.tasks)
         stat = gramian_square_root(gramian) if self.takes_matrix else gramian
         with self.seeded(step):
             return weighting(stat)
+
+    def update(self, gradients: TaskGradients, losses: TaskLosses, step: int) -> Update:
+        if not self.takes_jacobian:
+            return super().update(gradients, losses, step)
+        with self.seeded(step):
+            return Update(self.weighting_for(losses.tasks)(gradients.jacobian()))
 
     # -------------------------------------------------------------- checkpoint state
     def get_extra_state(self) -> dict[str, Any]:

@@ -14,10 +14,14 @@ Per step, for the ``m`` tasks labelled somewhere in the global batch:
    - ``source="parameters"``: the gradients at every shared parameter, trunk included (exact).
      The trunk rows come from one *batched* vector-Jacobian product through the trunk
      (``is_grads_batched``) instead of ``m`` separate backward passes;
-3. the method's weights ``w = f(G)`` (torchjd's weightings for MGDA, UPGrad, ...). Every method
-   offered here is Gramian-based, so the update is ``sum_t w_t g_t``: the trunk receives one
-   backward of ``sum_t w_t (dL_t/drepresentation)`` (representation source) or ``w^T J``
-   (parameters source), the shared parameters ``w^T J_shared``, each head ``w_t g_t``.
+3. the method's weights ``w = f(G)`` (torchjd's weightings for MGDA, UPGrad, ...). For a
+   weighted sum the update is ``sum_t w_t g_t``: the trunk receives one backward of
+   ``sum_t w_t (dL_t/drepresentation)`` (representation source) or ``w^T J`` (parameters
+   source), the shared parameters ``w^T J_shared``, each head ``w_t g_t``. Aggregators that
+   are not a weighted sum (ConFIG, GradDrop, DB-MTL, MoCo) read ``J`` itself (parameters
+   source) and return the *combined vector* ``d`` over the trunk and shared parameters;
+   ``d`` replaces ``w^T J`` there, and each head still receives ``w_t g_t``. ``J`` is global,
+   so ``d`` is the same on every process, as the weights are.
 
 Why not ``torchjd.autojac.mtl_backward``: it wants one flat feature tensor; with the nested
 multi-scale maps of a feature pyramid it needs ``retain_graph`` and then accumulates wrong
@@ -73,6 +77,16 @@ class TaskGradients:
     shared: torch.Tensor  # m x n_shared (global mean)
     trunk: torch.Tensor | None  # m x n_trunk (global mean), parameters source only
     heads: dict[str, list[torch.Tensor]]  # per task (this process)
+
+    def jacobian(self) -> torch.Tensor:
+        """``J``: one row per task over every shared parameter, the trunk's columns first,
+        then the shared ones above the representation; global (the same on every process).
+        Only the ``parameters`` source has it: at the representation the rows belong to this
+        process's samples."""
+        if self.trunk is None:
+            raise ValueError("This method needs the task gradients at the parameters: give "
+                             "the balancer source: parameters.")
+        return torch.cat([self.trunk, self.shared.to(self.trunk.device)], dim=1)
 
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-task gradient norms and pairwise cosine similarities, from the Gramian."""
@@ -212,9 +226,17 @@ def compute_task_gradients(
 
 def write_combined_gradients(
     gradients: TaskGradients, weights: torch.Tensor, structure: SharedStructure, scale: float,
+    combined: torch.Tensor | None = None,
 ) -> None:
-    """Step 3: add ``sum_t w_t g_t`` (times ``scale``) to every parameter's ``.grad``."""
+    """Step 3: add ``sum_t w_t g_t`` (times ``scale``) to every parameter's ``.grad``; with
+    ``combined`` (a vector over the columns of :meth:`TaskGradients.jacobian`), add it to the
+    trunk and shared parameters instead of ``w^T J``."""
     weights = weights.to(gradients.shared.device, torch.float32)
+    if combined is not None:
+        jacobian_width = gradients.jacobian().shape[1]
+        if combined.shape != (jacobian_width,):
+            raise ValueError(f"The combined gradient has shape {tuple(combined.shape)}; the "
+                             f"task Jacobian has {jacobian_width} columns.")
     shared = _trainable(structure.shared)
     trunk = _trainable(structure.trunk)
     local: list[torch.Tensor] = []  # contributions still to be averaged over processes
@@ -225,13 +247,19 @@ def write_combined_gradients(
         local_params += own
     global_grads: list[torch.Tensor] = []
     global_params: list[nn.Parameter] = []
-    if shared:
+    if combined is not None:
+        assert gradients.trunk is not None  # jacobian() checked it
+        combined = combined.to(gradients.trunk.device, torch.float32)
+        width = gradients.trunk.shape[1]
+        global_grads += _unflatten(combined[width:], shared) + _unflatten(combined[:width], trunk)
+        global_params += shared + trunk
+    elif shared:
         global_grads += _unflatten(weights @ gradients.shared, shared)
         global_params += shared
-    if gradients.trunk is not None:
+    if combined is None and gradients.trunk is not None:
         global_grads += _unflatten(weights @ gradients.trunk, trunk)
         global_params += trunk
-    elif trunk:
+    elif combined is None and trunk:
         rep = structure.representation
         cotangents = [
             (sum(weights[i] * gradients.representation[i][j].float()

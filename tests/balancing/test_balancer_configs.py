@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,10 @@ def test_every_balancing_method_has_a_config() -> None:
         if inspect.isclass(cls := getattr(balancing, name))
         and issubclass(cls, (LossWeighting, GradientWeighting)) and not _abstract(cls)
     }
-    assert len(methods) >= 17
+    assert len(methods) >= 27
     configured = {balancer_class(path) for path in BALANCER_CONFIGS}
     assert methods - configured == set()
-    assert len(BALANCER_CONFIGS) >= 19
+    assert len(BALANCER_CONFIGS) >= 29
 
 
 @pytest.mark.parametrize("config", BALANCER_CONFIGS, ids=[p.stem for p in BALANCER_CONFIGS])
@@ -93,3 +94,12 @@ def test_balancer_config_trains_the_smoke_model(config: Path, tiny_scenes, scene
     # Logged to the run's CSV too, every step.
     csv = (Path(cli.run_dir) / "metrics.csv").read_text()
     assert "train/mtl/weight/detection" in csv.splitlines()[0]
+
+
+def test_the_readme_lists_every_balancer_config_and_counts_them() -> None:
+    readme = (SMOKE_CONFIG.parent.parent / "README.md").read_text()
+    section = readme.split("## Balancing the tasks", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([a-z0-9_]+\.yaml)`", section.split("### ", 1)[0]))
+    assert {p.name for p in BALANCER_CONFIGS} <= listed
+    classes = {balancer_class(p) for p in BALANCER_CONFIGS}
+    assert f"{len(BALANCER_CONFIGS)} configs, {len(classes)} methods" in section

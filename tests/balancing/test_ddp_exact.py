@@ -63,10 +63,16 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mtl_lightning.balancing import (
+    DBMTL,
     MGDA,
     Balancer,
+    ConFIG,
+    ExcessMTL,
     GeometricLossStrategy,
+    GradDrop,
+    MoCo,
     PCGrad,
+    SmoothTchebycheff,
     UncertaintyWeighting,
     UPGrad,
 )
@@ -268,6 +274,15 @@ BALANCERS = {
     "mgda-representation": lambda: MGDA(source="representation", statistics_every=1),
     "pcgrad-parameters": lambda: PCGrad(source="parameters"),
     "upgrad-parameters": lambda: UPGrad(source="parameters"),
+    # Nonlinear in the global losses, with a nadir averaged over the first steps.
+    "stch": lambda: SmoothTchebycheff(mu=0.5, warmup_steps=1),
+    # Per-coordinate statistics of J: J must be global before they are accumulated.
+    "excess_mtl": lambda: ExcessMTL(),
+    # Combined vectors that are not a weighted sum of the task gradients.
+    "config": lambda: ConFIG(),
+    "graddrop": lambda: GradDrop(),  # random: the same draw on every process
+    "db_mtl": lambda: DBMTL(),  # stateful: per-task averages of past log-loss gradients
+    "moco": lambda: MoCo(),
 }
 
 

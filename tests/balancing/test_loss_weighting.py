@@ -18,8 +18,10 @@ from mtl_lightning.balancing import (
     DynamicWeightAverage,
     FastAdaptiveMultitask,
     GeometricLossStrategy,
+    ImpartialLossWeighting,
     LossWeighting,
     RandomLossWeighting,
+    SmoothTchebycheff,
     StaticWeighting,
     TaskLosses,
     UncertaintyWeighting,
@@ -60,7 +62,9 @@ def bound(balancer: LossWeighting, tasks: list[str]) -> LossWeighting:
     RandomLossWeighting,
     GeometricLossStrategy,
     FastAdaptiveMultitask,
-], ids=["static", "uncertainty", "dwa", "rlw", "gls", "famo"])
+    SmoothTchebycheff,
+    ImpartialLossWeighting,
+], ids=["static", "uncertainty", "dwa", "rlw", "gls", "famo", "stch", "imtl_l"])
 def test_backpropagated_loss_weights_each_task_by_its_reported_weight(make) -> None:
     """What reaches each task's loss in the backward is exactly the logged weight."""
     balancer = bound(make(), ["a", "b", "c"])

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from mtl_lightning.balancing import (
     MGDA,
     Balancer,
+    ConFIG,
     GradNorm,
     PCGrad,
     StaticWeighting,
@@ -42,6 +43,8 @@ from .test_ddp_exact import FreezeBatchNorm, make_model, make_samples, relative_
 GRADIENT_METHODS: dict[str, Callable[[], Balancer]] = {
     "mgda-representation": lambda: MGDA(source="representation"),
     "pcgrad-parameters": lambda: PCGrad(source="parameters"),
+    # A combined vector, not a weighted sum: written with the loss scale all the same.
+    "config-parameters": lambda: ConFIG(),
 }
 
 

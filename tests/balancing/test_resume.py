@@ -1,8 +1,11 @@
 """Stateful balancers resume exactly from a Lightning checkpoint.
 
 Uncertainty weighting's log-variances, DWA's loss history, FAMO's logits and their Adam state,
-GradNorm's weights and initial losses, Nash-MTL's warm start and GradVac's similarity EMA live
-in the model's state_dict (parameters, buffers or ``get_extra_state``). For each, a run of 3
+GradNorm's weights and initial losses, Nash-MTL's warm start, GradVac's similarity EMA, STCH's
+nadir, ExcessMTL's squared-gradient sums, and DB-MTL's and MoCo's gradient averages live in
+the model's state_dict (parameters, buffers or ``get_extra_state``). (SDMGrad's weights sit at
+a vertex of the simplex on this data and do not move: its state is tested in
+``test_jacobian_methods.py``.) For each, a run of 3
 epochs is compared with a fresh model resumed (``ckpt_path``) from the checkpoint that run
 wrote at the end of epoch 1: every weight and the balancer's whole state must end the same.
 
@@ -29,12 +32,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from mtl_lightning.balancing import (
+    DBMTL,
+    PCD,
     Balancer,
     DynamicWeightAverage,
+    ExcessMTL,
     FastAdaptiveMultitask,
     GradNorm,
     GradVac,
+    MoCo,
     NashMTL,
+    SmoothTchebycheff,
     UncertaintyWeighting,
 )
 from mtl_lightning.module import MultiTaskModule
@@ -50,6 +58,11 @@ BALANCERS: dict[str, Callable[[], Balancer]] = {
     "gradnorm": GradNorm,
     "nash-mtl": NashMTL,
     "gradvac": GradVac,
+    "stch": lambda: SmoothTchebycheff(warmup_steps=3),  # the nadir's warm-up spans the resume
+    "excess-mtl": ExcessMTL,
+    "db-mtl": DBMTL,
+    "moco": MoCo,
+    "pcd": lambda: PCD(primary="segmentation"),  # the second batch lacks the primary task
 }
 
 
