@@ -196,7 +196,7 @@ class CocoMultiTaskDataset(Dataset):
             else:
                 boxes.append([x, y, x + w, y + h])
                 labels.append(label)
-        labelled = set(image.get("labelled_tasks", TASK_NAMES))
+        labelled = set(image.get("labelled_tasks", (*TASK_NAMES, *DENSE_MAP_TASKS)))
         if unsegmented:
             labelled.discard("segmentation")
         return ImageRecord(
@@ -280,8 +280,7 @@ class CocoMultiTaskDataset(Dataset):
         image = self.load_image(record)
         height, width = image.shape[-2:]
         targets: dict[str, Any] = {}
-        has = {task: task in record.labelled_tasks or task in self.dense_maps
-               for task in self.tasks}
+        has = {task: task in record.labelled_tasks for task in self.tasks}
         if "classification" in self.tasks:
             has["classification"] &= record.image_label is not None and self.image_labels != "off"
             targets["classification"] = self._classification_target(record)

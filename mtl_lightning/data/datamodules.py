@@ -25,8 +25,9 @@ from mtl_lightning.data.coco import (
     segmentation_category_ids,
 )
 from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.dense_map_files import DENSE_MAP_TASKS
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
-from mtl_lightning.data.scenes import ScenesConfig, ensure_scenes
+from mtl_lightning.data.scenes import DENSE_TASK_NAMES, ScenesConfig, ensure_scenes
 from mtl_lightning.data.transforms import ResizeMode, eval_transforms, train_transforms
 from mtl_lightning.data.validation import DataError, load_and_validate, load_coco_json
 from mtl_lightning.data.workers import freeze_in_worker
@@ -239,6 +240,8 @@ class ScenesDataModule(MultiTaskDataModule):
         num_train, num_val, num_test, num_classes, min_objects, max_objects,
         min_object_size, max_object_size, classification_target, label_noise,
         label_fraction, seed: the generator's knobs (see ``ScenesConfig``).
+        dense: also render depth and surface normals (the images do not change; see
+            :mod:`mtl_lightning.data.scenes_dense`); the set then labels five tasks.
         generator_workers: processes used to generate the images (0: in this process).
         **kwargs: loader and transform options of ``MultiTaskDataModule``.
     """
@@ -258,10 +261,19 @@ class ScenesDataModule(MultiTaskDataModule):
         label_noise: float = 0.0,
         label_fraction: dict[str, float] | None = None,
         seed: int = 0,
+        dense: bool = False,
         generator_workers: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not self.named_tasks:  # follow the data: the tasks this set labels
+            self.tasks = (*TASK_NAMES, *(DENSE_TASK_NAMES if dense else ()))
+        elif not dense and set(self.tasks) & set(DENSE_TASK_NAMES):
+            raise ValueError(
+                f"data.tasks names {sorted(set(self.tasks) & set(DENSE_TASK_NAMES))}, which "
+                "Scenes labels only with data.init_args.dense true (see "
+                "configs/experiment/dense.yaml)."
+            )
         self.root = Path(root)
         self.config = ScenesConfig(
             image_size=self.image_size, num_train=num_train, num_val=num_val,
@@ -269,7 +281,7 @@ class ScenesDataModule(MultiTaskDataModule):
             max_objects=max_objects, min_object_size=min_object_size,
             max_object_size=max_object_size, classification_target=classification_target,
             label_noise=label_noise, label_fraction=tuple((label_fraction or {}).items()),
-            seed=seed,
+            seed=seed, dense=dense,
         )
         self.generator_workers = generator_workers
         self.dataset_dir: Path | None = None
@@ -286,6 +298,7 @@ class ScenesDataModule(MultiTaskDataModule):
                              "category_ids": [0, *ids]},
             "detection": {"num_classes": len(objects), "class_names": objects,
                           "category_ids": ids},
+            "depth": {}, "normals": {},  # regression tasks: no classes
         }
         return {task: info[task] for task in self.tasks}
 
@@ -309,10 +322,12 @@ TASK_SOURCES = ("classification from an image-label field or derived from 2+ cat
                 "segmentation from annotation masks, detection from categories and boxes")
 
 
-def tasks_in_file(coco: dict[str, Any], image_labels: ImageLabels) -> tuple[str, ...]:
+def tasks_in_file(coco: dict[str, Any], image_labels: ImageLabels,
+                  dense_maps: dict[str, Any] | None = None) -> tuple[str, ...]:
     """The tasks a COCO document labels, in ``TASK_NAMES`` order: classification when image
     labels are read or derived (``image_labels`` as resolved, not ``off``), segmentation when
-    some annotation has a mask, detection when the file has categories. ``fit``,
+    some annotation has a mask, detection when the file has categories, then depth and
+    normals when ``dense_maps`` (the option, or the file's own entry) names them. ``fit``,
     ``check-data`` and the model (through ``task_info``) so agree on what a file trains."""
     has_categories = bool(coco.get("categories"))
     has_masks = any(
@@ -321,7 +336,8 @@ def tasks_in_file(coco: dict[str, Any], image_labels: ImageLabels) -> tuple[str,
     labels = {"classification": image_labels != "off",
               "segmentation": has_categories and has_masks,
               "detection": has_categories}
-    return tuple(task for task in TASK_NAMES if labels[task])
+    dense = tuple(task for task in DENSE_MAP_TASKS if task in (dense_maps or {}))
+    return (*(task for task in TASK_NAMES if labels[task]), *dense)
 
 
 class CocoDataModule(MultiTaskDataModule):
@@ -351,6 +367,11 @@ class CocoDataModule(MultiTaskDataModule):
         check_images: check every image file before training (exists, header, size).
         allow_outside_images: read images whose path (absolute, ``../``, or a symlink)
             resolves outside their images folder; by default such entries are dropped.
+        dense_maps: per-task folders of per-image depth or normal maps, e.g.
+            ``{depth: {dir: depth, scale: 0.001}, normals: {dir: normals}}`` (a relative
+            ``dir`` is inside each split's images folder; see
+            :mod:`mtl_lightning.data.dense_map_files`); default: the annotation file's own
+            ``dense_maps`` entry, if it has one.
         **kwargs: loader and transform options of ``MultiTaskDataModule``.
     """
 
@@ -372,10 +393,12 @@ class CocoDataModule(MultiTaskDataModule):
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         check_images: bool = True,
         allow_outside_images: bool = False,
+        dense_maps: dict[str, dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.allow_outside_images = allow_outside_images
+        self.dense_maps = dense_maps
         single = annotations is not None
         if single == (train_annotations is not None):
             raise ValueError(
@@ -416,7 +439,8 @@ class CocoDataModule(MultiTaskDataModule):
         train = load_coco_json(self.files["train"][0])
         self.image_labels = resolve_image_labels(train, image_labels, image_label_field,
                                                  self.files["train"][0])
-        labelled = tasks_in_file(train, self.image_labels)
+        labelled = tasks_in_file(train, self.image_labels,
+                                 dense_maps if dense_maps is not None else train.get("dense_maps"))
         if self.named_tasks:
             missing = [t for t in self.tasks if t not in labelled]
             if missing:
@@ -449,6 +473,7 @@ class CocoDataModule(MultiTaskDataModule):
                              "category_ids": segmentation_category_ids(ids)},
             "detection": {"num_classes": len(names), "class_names": list(names),
                           "category_ids": list(ids)},
+            "depth": {}, "normals": {},  # regression tasks: no classes
         }
         return {task: info[task] for task in self.tasks}
 
@@ -487,6 +512,7 @@ class CocoDataModule(MultiTaskDataModule):
                 transforms=NamedSource(Path(annotation_file).stem, transforms), image_ids=ids,
                 max_image_pixels=self.max_image_pixels,
                 document=validated[annotation_file], allow_outside_images=self.allow_outside_images,
+                dense_maps=self.dense_maps,
             )
             self._check_classes(split, self.datasets[split])
 

@@ -61,6 +61,7 @@ from mtl_lightning.data import scenes_dense
 from mtl_lightning.data.scenes_dense import DenseScene
 
 __all__ = [
+    "DENSE_TASK_NAMES",
     "GENERATOR_VERSION",
     "SHAPE_NAMES",
     "SPLITS",
@@ -89,6 +90,8 @@ SHAPE_NAMES: tuple[str, ...] = (
 )
 TEXTURE_NAMES: tuple[str, ...] = ("stripes", "checker", "noise", "waves")
 TASK_NAMES: tuple[str, ...] = ("classification", "detection", "segmentation")
+#: the tasks a ``dense: true`` Scenes set labels besides ``TASK_NAMES``
+DENSE_TASK_NAMES: tuple[str, ...] = ("depth", "normals")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CLASSIFICATION_TARGETS: tuple[str, ...] = ("related", "unrelated")
 
@@ -137,9 +140,10 @@ def _normalise_label_fraction(value: object) -> tuple[tuple[str, float], ...]:
         pairs = [()]
     result: dict[str, float] = {}
     for pair in pairs:
-        if len(pair) != 2 or pair[0] not in TASK_NAMES or pair[0] in result:
+        known = (*TASK_NAMES, *DENSE_TASK_NAMES)
+        if len(pair) != 2 or pair[0] not in known or pair[0] in result:
             raise ValueError(
-                f"label_fraction must map distinct tasks among {list(TASK_NAMES)} to numbers "
+                f"label_fraction must map distinct tasks among {list(known)} to numbers "
                 f"in [0, 1], got {value!r}."
             )
         result[pair[0]] = _check_unit_float(f"label_fraction[{pair[0]!r}]", pair[1])
@@ -200,6 +204,10 @@ class ScenesConfig:
             )
         object.__setattr__(self, "label_noise", _check_unit_float("label_noise", self.label_noise))
         object.__setattr__(self, "label_fraction", _normalise_label_fraction(self.label_fraction))
+        unlabelled = [task for task, _ in self.label_fraction if task not in self.task_names]
+        if unlabelled:
+            raise ValueError(f"label_fraction names {unlabelled}, which Scenes labels only "
+                             "with dense: true.")
         _check_int("seed", self.seed, 0, 2**63 - 1)
 
     @classmethod
@@ -217,9 +225,14 @@ class ScenesConfig:
     @property
     def label_fractions(self) -> dict[str, float]:
         """The label fraction of every task (1.0 for tasks not named in ``label_fraction``)."""
-        fractions = dict.fromkeys(TASK_NAMES, 1.0)
+        fractions = dict.fromkeys(self.task_names, 1.0)
         fractions.update(self.label_fraction)
         return fractions
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks the set labels: ``TASK_NAMES``, and depth and normals with ``dense``."""
+        return (*TASK_NAMES, *DENSE_TASK_NAMES) if self.dense else TASK_NAMES
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -608,7 +621,7 @@ def _noisy_labels(
 ) -> tuple[list[int], int, list[str]]:
     """Apply train-only label noise and label fractions: (categories, image label, tasks)."""
     if split != "train":
-        return list(scene.categories), scene.image_label, list(TASK_NAMES)
+        return list(scene.categories), scene.image_label, list(config.task_names)
     _, label_seed = _image_seed(config, split, index).spawn(2)
     rng = np.random.default_rng(label_seed)
     noise = config.label_noise
@@ -620,7 +633,8 @@ def _noisy_labels(
     if rng.random() < noise:
         image_label = _other_class(rng, image_label, len(config.image_class_names))
     fractions = config.label_fractions
-    tasks = [task for task in TASK_NAMES if rng.random() < fractions[task]]
+    # the dense tasks draw after the others: their decisions change none of the others'
+    tasks = [task for task in config.task_names if rng.random() < fractions[task]]
     return categories, image_label, tasks
 
 

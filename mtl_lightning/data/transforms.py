@@ -86,16 +86,38 @@ def content_size(orig_size: tuple[int, int], image_size: int,
     return tuple(int(v) for v in resized.canvas_size)
 
 
-def _detection_labels(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+def _detection_labels(detection: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     """The per-box tensors that must be dropped together with their boxes."""
-    detection = sample["targets"]["detection"]
     return tuple(detection[key] for key in ("labels", "iscrowd") if key in detection)
+
+
+class SanitizeDetection(v2.Transform):
+    """torchvision's ``SanitizeBoundingBoxes`` applied to the detection targets alone.
+
+    On a whole sample it would also index every ``tv_tensors.Mask`` by the boxes it keeps
+    (it takes masks for per-object instance masks): a segmentation mask, depth map or normal
+    map whose first dimension happens to equal the number of boxes would lose rows or
+    channels.
+    """
+
+    def __init__(self, min_size: float = 1.0) -> None:
+        super().__init__()
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_size,
+                                                 labels_getter=_detection_labels)
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs[0] if len(inputs) == 1 else inputs
+        targets = sample.get("targets", {}) if isinstance(sample, dict) else {}
+        if "detection" not in targets:
+            return sample
+        return {**sample, "targets": {**targets, "detection": self.sanitize(
+            targets["detection"])}}
 
 
 def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:
     steps: list[v2.Transform] = []
     if "detection" in tasks:
-        steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_detection_labels))
+        steps.append(SanitizeDetection(min_size=1.0))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return steps
 

@@ -410,10 +410,12 @@ def _declared_size(image: dict) -> tuple[int, int] | None:
 
 
 def _known_tasks() -> tuple[str, ...]:
+    """The tasks a COCO file can label: its own three and the dense-map tasks."""
     # Imported here: coco.py imports this module to validate its file (no import cycle).
     from mtl_lightning.data.coco import TASK_NAMES
+    from mtl_lightning.data.dense_map_files import DENSE_MAP_TASKS
 
-    return tuple(TASK_NAMES)
+    return (*TASK_NAMES, *DENSE_MAP_TASKS)
 
 
 class _Cleaner:
@@ -734,8 +736,11 @@ class _Cleaner:
 
 def _task_coverage(images: dict[int, dict], annotations: list[dict],
                    labels: _ImageLabelInfo) -> dict[str, int]:
-    """Images usable per task (see ``DataReport.task_coverage``)."""
-    tasks = _known_tasks()
+    """Images usable per task (see ``DataReport.task_coverage``); the dense-map tasks' maps
+    are files beside the annotations, not part of this count."""
+    from mtl_lightning.data.coco import TASK_NAMES
+
+    tasks = TASK_NAMES
     without_mask = {a["image_id"] for a in annotations if not a.get("iscrowd")
                     and "segmentation" not in a and not a.get("mask_missing")}
     coverage = dict.fromkeys(tasks, 0)

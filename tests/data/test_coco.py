@@ -102,7 +102,7 @@ def test_train_transforms_move_boxes_and_masks_together(tiny_scenes) -> None:
     transform = train_transforms(64, ("segmentation", "detection"), hflip=1.0,
                                  scale=(0.9, 1.1), translate=0.1, color_jitter=0.0)
     torch.manual_seed(0)
-    dataset.transforms = None
+    original, dataset.transforms = dataset.transforms, None
     try:
         for index in range(6):
             sample = transform(dataset[index])
@@ -113,7 +113,7 @@ def test_train_transforms_move_boxes_and_masks_together(tiny_scenes) -> None:
                 inside = mask[max(y0, 0):y1, max(x0, 0):x1]
                 assert (inside == label + 1).any()
     finally:
-        dataset.transforms = tiny_scenes.eval_transforms()
+        dataset.transforms = original  # the session's data module is shared
 
 
 @pytest.mark.skipif(not FRUITS_NUTS.is_dir(), reason="../shared/data/fruits_nuts is absent")

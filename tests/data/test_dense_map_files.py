@@ -127,3 +127,26 @@ def test_letterboxed_predictions_are_cropped_before_resizing() -> None:
     vectors[0, 4:] = 1.0
     back = normals.resize_prediction(vectors, (4, 8), (2, 4))
     assert torch.allclose(back[2], torch.ones(2, 4))
+
+
+def test_box_sanitising_never_touches_masks_or_dense_maps() -> None:
+    """torchvision's SanitizeBoundingBoxes indexes every Mask by the boxes it keeps; the
+    pipeline applies it to the detection targets alone, so a map whose first dimension equals
+    the number of boxes keeps all its channels."""
+    from torchvision import tv_tensors
+
+    from mtl_lightning.data.transforms import eval_transforms
+
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[0, 0, 8, 8], [4, 4, 4, 4], [1, 1, 6, 6.0]]),
+                                     format="XYXY", canvas_size=(16, 16))
+    sample = {
+        "image": tv_tensors.Image(torch.zeros(3, 16, 16, dtype=torch.uint8)),
+        "targets": {"detection": {"boxes": boxes, "labels": torch.tensor([1, 2, 3]),
+                                  "iscrowd": torch.zeros(3, dtype=torch.bool)},
+                    "segmentation": tv_tensors.Mask(torch.ones(16, 16, dtype=torch.uint8)),
+                    "normals": NormalMap(torch.ones(3, 16, 16))},
+    }
+    out = eval_transforms(16, ("detection", "segmentation", "normals"))(sample)
+    assert out["targets"]["detection"]["labels"].tolist() == [1, 3]  # the empty box dropped
+    assert out["targets"]["normals"].shape[0] == 3
+    assert out["targets"]["segmentation"].shape == (16, 16)

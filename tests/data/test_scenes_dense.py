@@ -104,3 +104,22 @@ def test_a_dense_split_writes_maps_beside_the_images_and_names_them_in_the_file(
         assert np.abs(depth * DEPTH_SCALE - scene.dense.depth).max() <= DEPTH_SCALE
     plain = json.loads(generate_split(ScenesConfig(**SMALL), "val", tmp_path / "p").read_text())
     assert "dense_maps" not in plain
+
+
+def test_dense_label_fractions_leave_the_other_tasks_decisions_alone(tmp_path: Path) -> None:
+    """A fraction of depth labels marks images unlabelled for depth; the three original
+    tasks' labelled flags are those of the config without dense labels."""
+    from mtl_lightning.data.scenes import _noisy_labels
+
+    plain = ScenesConfig(**{**SMALL, "num_train": 40}, label_fraction={"segmentation": 0.5})
+    dense = ScenesConfig(**{**SMALL, "num_train": 40}, dense=True,
+                         label_fraction={"segmentation": 0.5, "depth": 0.5})
+    depth_labelled = 0
+    for index in range(40):
+        scene = generate_scene(plain, "train", index)
+        _, _, before = _noisy_labels(plain, "train", index, scene)
+        _, _, after = _noisy_labels(dense, "train", index, generate_scene(dense, "train", index))
+        assert [t for t in after if t not in ("depth", "normals")] == before
+        assert "normals" in after
+        depth_labelled += "depth" in after
+    assert 8 <= depth_labelled <= 32

@@ -254,10 +254,10 @@ def test_iscrowd_defaults_to_zero_silently(root: Path) -> None:
 
 def test_unknown_labelled_task_is_fatal(root: Path) -> None:
     document = _document()
-    document["images"][0]["labelled_tasks"] = ["detection", "depth"]
+    document["images"][0]["labelled_tasks"] = ["detection", "keypoints"]
     _, report = validate_coco(document, root, "tiny.json")
     assert [p.kind for p in report.fatal] == ["unknown_task"]
-    assert "'depth'" in report.fatal[0].message
+    assert "'keypoints'" in report.fatal[0].message
 
 
 def test_no_images_left_is_fatal(root: Path) -> None:
