@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from mtl_lightning.cli import RUN_DIR_ENV
+from mtl_lightning.runs import RUN_DIR_ENV
 from tests.conftest import REPO, SMOKE_CONFIG
 
 #: Small smoke runs: 32 px images, few of them, no test after fit.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_lightning.cli import LAST_CHECKPOINT, RUN_DIR_ENV, _new_run_dir
+from mtl_lightning.runs import LAST_CHECKPOINT, RUN_DIR_ENV, new_run_dir
 
 LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_RANK", "SLURM_JOB_ID",
                     "SLURM_NTASKS", "SLURM_PROCID", RUN_DIR_ENV)
@@ -22,9 +22,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _in_new_process(monkeypatch: pytest.MonkeyPatch, base: Path, name: str | None = None,
                     resume: bool = False) -> Path:
-    """``_new_run_dir`` as a freshly started process sees it (nothing inherited)."""
+    """``new_run_dir`` as a freshly started process sees it (nothing inherited)."""
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    return _new_run_dir(base, name, resume=resume)
+    return new_run_dir(base, name, resume=resume)
 
 
 def _with_last_checkpoint(run_dir: Path) -> Path:
@@ -39,7 +39,7 @@ def test_each_run_gets_its_own_directory(tmp_path: Path, monkeypatch) -> None:
     assert (first.name, second.name) == ("exp", "exp-2")
     assert os.environ[RUN_DIR_ENV] == str(second)  # what Lightning's DDP children inherit
     monkeypatch.setenv("LOCAL_RANK", "1")  # such a child joins its parent's directory
-    assert _new_run_dir(tmp_path, "exp") == second
+    assert new_run_dir(tmp_path, "exp") == second
 
 
 def test_ckpt_path_last_continues_the_latest_or_the_named_run(tmp_path: Path, monkeypatch) -> None:
