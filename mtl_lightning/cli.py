@@ -6,7 +6,8 @@ MultiTaskModule. On top of Lightning's CLI it:
 
 - links ``data.task_info`` into ``model.task_info`` (class counts come from the data);
 - gives every run its own directory ``<trainer.default_root_dir>/<run_name or time>``
-  holding ``config.yaml``, ``metrics.json``, checkpoints, logs and predictions, and prints it;
+  holding ``config.yaml``, ``metrics.json``, checkpoints, logs and predictions, and prints it
+  (``runs.py``);
 - always adds a ``checkpoint`` (best by ``val/mtl/score`` and ``last``), a ``report`` (console
   table + metrics.json), ``overlays`` (validation images drawn as PNG and W&B images), a
   ``gradient_conflict`` heatmap (PNG + W&B), a ``confusion_matrix`` (PNG + W&B),
@@ -23,8 +24,17 @@ MultiTaskModule. On top of Lightning's CLI it:
   ``metrics.json`` and the ``run.json`` that the ``run_statistics`` callback writes;
 - ``mtl-lightning export`` writes a checkpoint's model to ONNX / TorchScript (``export.py``);
 - with ``test_after_fit: true``, tests the best checkpoint when ``fit`` ends;
-- turns the errors a user can fix (unknown backbone or task, bad option) into one line
-  instead of a traceback.
+- writes checkpoints all or nothing and refuses files that are not checkpoints of this
+  project in one sentence (``checkpoint_io.py``);
+- on SIGTERM / SIGINT during ``fit`` saves ``last.ckpt``, prints the resume command and exits
+  with 143 / 130 (``callbacks/interruption.py``); warns when ``max_time`` will cut the
+  learning-rate schedule short (``callbacks/schedule_check.py``);
+- ``predict --ckpt_path CKPT`` without ``--config`` uses the settings of the run that wrote
+  the checkpoint (its ``config.yaml``) and writes into ``<that run>/predictions/<time>/``;
+  predict never prepares or sets up the training data;
+- refuses abbreviated options (``--trainer.max_epoch``) and turns the errors a user can fix
+  (unknown backbone or task, bad option, a nested class_path error) into one line instead of
+  a traceback or a usage dump; run-directory rules are in ``runs.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from mtl_lightning.callbacks import (
 from mtl_lightning.callbacks.checkpoint import Checkpoint
 from mtl_lightning.callbacks.interruption import InterruptionCheckpoint
 from mtl_lightning.callbacks.random_state import RandomState
+from mtl_lightning.callbacks.schedule_check import ScheduleCheck
 from mtl_lightning.checkpoint_io import CheckpointWriteError, SafeCheckpointIO, read_checkpoint
 from mtl_lightning.cli_errors import inner_sentence
 from mtl_lightning.loggers import resume_wandb_run
@@ -108,6 +119,7 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(RunStatistics, "run_statistics")
         parser.add_lightning_class_args(FrozenGarbageCollector, "garbage_collection")
         parser.add_lightning_class_args(InterruptionCheckpoint, "interruption")
+        parser.add_lightning_class_args(ScheduleCheck, "schedule_check")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning (2.6, private hook) reads the model's hyper-parameters from ``--ckpt_path``
