@@ -65,7 +65,8 @@ class ScheduleCheck(Callback):
             f"trainer.max_time will stop training after about {epochs} of the "
             f"{trainer.max_epochs} planned epochs ({int(epochs * steps_per_epoch)} of "
             f"{int(planned_steps)} steps; the first epoch took {epoch_seconds:.1f} s, "
-            f"{max(seconds_left, 0.0):.0f} s were left): the learning-rate schedule will not finish. "
-            f"Lower --trainer.max_epochs to about {max(epochs, 1)}, or bound the warm-up with "
+            f"{max(seconds_left, 0.0):.0f} s were left): the learning-rate schedule will not "
+            f"finish. Lower --trainer.max_epochs to about {max(epochs, 1)}, or bound the "
+            "warm-up with "
             "--model.warmup_steps N."
         )

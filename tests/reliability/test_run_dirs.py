@@ -80,3 +80,34 @@ def test_torchrun_without_a_name_is_refused(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--run_name"):
         _in_new_process(monkeypatch, tmp_path)
+
+
+def test_a_name_taken_between_check_and_creation_gets_a_suffix(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Another process creates ``exp`` just before this one does (the race two runs started
+    in the same second have): this one takes ``exp-2`` instead of failing."""
+    real_mkdir = Path.mkdir
+
+    def competitor_first(self: Path, *args, **kwargs) -> None:
+        if self == tmp_path / "exp" and not self.exists():
+            real_mkdir(self)  # the other process wins the race
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", competitor_first)
+    assert _in_new_process(monkeypatch, tmp_path, "exp") == tmp_path / "exp-2"
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "..", "a/b", "/tmp/abs"])
+def test_run_name_cannot_leave_default_root_dir(name: str, tmp_path: Path, monkeypatch) -> None:
+    base = tmp_path / "a" / "b" / "runs"
+    with pytest.raises(ValueError, match="plain folder name"):
+        _in_new_process(monkeypatch, base, name)
+    assert not (tmp_path / "a" / "elsewhere").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_default_root_dir_under_a_file_is_one_sentence(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"'.*results' is a file") as error:
+        _in_new_process(monkeypatch, blocker / "runs")
+    assert "\n" not in str(error.value)
