@@ -7,7 +7,7 @@ after each validation and test so that later tools (``compare``, notebooks) can 
 The numbers reported are those of the model kept. During ``fit`` the ``val/...`` values are
 those of the epoch whose checkpoint the checkpoint callback keeps as best (its ``monitor``
 and ``mode``; a tie keeps the earlier epoch, as ModelCheckpoint does): the model that
-``test_after_fit`` and ``--ckpt_path best`` use. ``kept/epoch`` says which epoch that is;
+``test_after_fit`` and ``--ckpt_path best`` use. ``kept/val/epoch`` says which epoch that is;
 the latest epoch's values are under ``last/val/...`` (``train/...`` is the latest epoch's).
 Without a monitored checkpoint, ``val/...`` is the latest epoch. At the end of ``fit`` the
 console shows the kept epoch's table.
@@ -111,7 +111,7 @@ class MetricsReport(Callback):
 
     def _kept(self, trainer: Trainer, values: dict[str, float]) -> dict[str, float]:
         """The values to report as ``val/...`` during fit: the best epoch's
-        by the checkpoint's monitor, plus this epoch's as ``last/...`` and ``kept/epoch``."""
+        by the checkpoint's monitor, plus this epoch's as ``last/...`` and ``kept/val/epoch``."""
         monitor = _monitored(trainer)
         if monitor is None or trainer.state.fn != "fit" or monitor[0] not in values:
             return values
@@ -120,7 +120,7 @@ class MetricsReport(Callback):
             self.best_score, self.best_epoch = values[monitor[0]], trainer.current_epoch
             self.best_values = epoch_values
         last = {f"last/{key}": value for key, value in epoch_values.items()}
-        return {**values, **self.best_values, **last, "kept/epoch": self.best_epoch}
+        return {**values, **self.best_values, **last, "kept/val/epoch": self.best_epoch}
 
     @rank_zero_only
     def _report(self, trainer: Trainer, stage: str) -> None:
