@@ -89,6 +89,7 @@ OUT_OF_MEMORY = (
     "checkpoints already written are intact (resume with --ckpt_path last)."
 )
 
+
 class MultiTaskCLI(LightningCLI):
     """LightningCLI with run directories, linked class information and fixed callbacks."""
 

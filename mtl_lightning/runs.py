@@ -46,6 +46,9 @@ def make_base(base: Path) -> None:
         blocker = next((p for p in [base, *base.parents] if p.exists() and not p.is_dir()), base)
         raise ValueError(f"trainer.default_root_dir '{base}' cannot be a folder: '{blocker}' is "
                          "a file; give another --trainer.default_root_dir.") from None
+    except PermissionError:
+        raise ValueError(f"trainer.default_root_dir '{base}' cannot be created: permission "
+                         "denied; give a folder you can write to.") from None
 
 
 def run_to_resume(base: Path, name: str | None) -> Path | None:
