@@ -280,9 +280,13 @@ def _with_run_config(argv: list[str]) -> list[str]:
         return argv
     ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"),
                 next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None))
-    run_dir = checkpoint_run_dir(ckpt)
-    if ckpt is None or run_dir is None:
+    if ckpt is None or not Path(ckpt).is_file():
         return argv
+    run_dir = checkpoint_run_dir(ckpt)
+    if run_dir is None:
+        raise ValueError(f"predict without --config reads the settings of the run that wrote "
+                         f"'{ckpt}' from its config.yaml, and there is none next to it "
+                         "(<run>/checkpoints/*.ckpt, <run>/config.yaml); give --config.")
     return ["predict", "--config", str(run_dir / "config.yaml"), *argv[1:]]
 
 
@@ -338,8 +342,8 @@ def main(args: list[str] | None = None) -> None:
         from mtl_lightning.export import main as export
 
         raise SystemExit(export(argv[1:]))
-    argv = _with_run_config(argv)
     try:
+        argv = _with_run_config(argv)
         run_cli(argv, exit_on_error=False)
     except argparse.ArgumentError as error:
         message = inner_sentence(str(error))

@@ -544,7 +544,7 @@ class MultiTaskModule(LightningModule):
         optimizer = create_optimizer_v2(self, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(total * hp.warmup_fraction)
-        if hp.get("warmup_steps") is not None:  # absent from checkpoints of older runs
+        if hp.warmup_steps is not None:
             warmup = min(hp.warmup_steps, total)
         scheduler = CosineLRScheduler(
             optimizer, t_initial=total, lr_min=hp.lr * hp.min_lr_ratio, warmup_t=warmup,

@@ -236,6 +236,19 @@ def test_predict_from_a_checkpoint_alone(fitted, tmp_path: Path, monkeypatch) ->
     assert (run_dir / "config.yaml").read_text() == config_before
 
 
+def test_predict_from_a_checkpoint_without_its_run_is_one_sentence(fitted, tmp_path: Path,
+                                                                   capsys) -> None:
+    cli, _ = fitted
+    alone = tmp_path / "moved.ckpt"
+    alone.write_bytes((Path(cli.run_dir) / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--ckpt_path", str(alone), "--data.init_args.predict_images",
+              str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.yaml" in err and str(alone) in err
+
+
 def test_abbreviated_options_are_refused(tmp_path: Path, scenes_root: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *_args(tmp_path, scenes_root), "--trainer.max_epoch", "1"])
