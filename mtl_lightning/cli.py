@@ -348,7 +348,9 @@ def main(args: list[str] | None = None) -> None:
     except argparse.ArgumentError as error:
         message = inner_sentence(str(error))
         if message.startswith("unrecognized arguments"):
-            message += f" (options are never abbreviated; see mtl-lightning {argv[0]} --help)"
+            subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+            command = " ".join(filter(None, ["mtl-lightning", subcommand, "--help"]))
+            message += f" (options are never abbreviated; see {command})"
         print(f"mtl-lightning: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
