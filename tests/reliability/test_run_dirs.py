@@ -111,3 +111,23 @@ def test_default_root_dir_under_a_file_is_one_sentence(tmp_path: Path, monkeypat
     with pytest.raises(ValueError, match=r"'.*results' is a file") as error:
         _in_new_process(monkeypatch, blocker / "runs")
     assert "\n" not in str(error.value)
+
+
+def test_a_failed_command_removes_only_the_empty_run_directory_it_made(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mtl_lightning.runs import keep_run_dirs, remove_unused_run_dirs
+
+    older = tmp_path / "older"
+    older.mkdir()  # another run's folder, empty: not this process's to remove
+    failed = _in_new_process(monkeypatch, tmp_path, "failed")
+    (failed / "checkpoints").mkdir()
+    (failed / "config.yaml").write_text("model: {}")
+    worked = _in_new_process(monkeypatch, tmp_path, "worked")
+    (worked / "checkpoints").mkdir()
+    (worked / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert remove_unused_run_dirs() == [failed]
+    assert older.is_dir() and worked.is_dir() and not failed.exists()
+    succeeded = _in_new_process(monkeypatch, tmp_path, "succeeded")
+    keep_run_dirs()  # the command succeeded: its folder stays even if empty
+    assert remove_unused_run_dirs() == [] and succeeded.is_dir()
