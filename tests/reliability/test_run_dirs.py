@@ -118,6 +118,7 @@ def test_a_failed_command_removes_only_the_empty_run_directory_it_made(
 ) -> None:
     from mtl_lightning.runs import keep_run_dirs, remove_unused_run_dirs
 
+    keep_run_dirs()  # forget the folders earlier tests made
     older = tmp_path / "older"
     older.mkdir()  # another run's folder, empty: not this process's to remove
     failed = _in_new_process(monkeypatch, tmp_path, "failed")
