@@ -6,7 +6,8 @@ MultiTaskModule. On top of Lightning's CLI it:
 
 - links ``data.task_info`` into ``model.task_info`` (class counts come from the data);
 - gives every run its own directory ``<trainer.default_root_dir>/<run_name or time>``
-  holding ``config.yaml``, ``metrics.json``, checkpoints, logs and predictions, and prints it;
+  holding ``config.yaml``, ``metrics.json``, checkpoints, logs and predictions, and prints it
+  (``runs.py``);
 - always adds a ``checkpoint`` (best by ``val/mtl/score`` and ``last``), a ``report`` (console
   table + metrics.json), ``overlays`` (validation images drawn as PNG and W&B images), a
   ``gradient_conflict`` heatmap (PNG + W&B), a ``confusion_matrix`` (PNG + W&B),
@@ -23,22 +24,34 @@ MultiTaskModule. On top of Lightning's CLI it:
   ``metrics.json`` and the ``run.json`` that the ``run_statistics`` callback writes;
 - ``mtl-lightning export`` writes a checkpoint's model to ONNX / TorchScript (``export.py``);
 - with ``test_after_fit: true``, tests the best checkpoint when ``fit`` ends;
-- turns the errors a user can fix (unknown backbone or task, bad option) into one line
-  instead of a traceback.
+- writes checkpoints all or nothing and refuses files that are not checkpoints of this
+  project in one sentence (``checkpoint_io.py``);
+- on SIGTERM / SIGINT during ``fit`` saves ``last.ckpt``, prints the resume command and exits
+  with 143 / 130 (``callbacks/interruption.py``); warns when ``max_time`` will cut the
+  learning-rate schedule short (``callbacks/schedule_check.py``);
+- ``predict --ckpt_path CKPT`` without ``--config`` uses the settings of the run that wrote
+  the checkpoint (its ``config.yaml``) and writes into ``<that run>/predictions/<time>/``;
+  predict never prepares or sets up the training data;
+- refuses abbreviated options (``--trainer.max_epoch``) and turns the errors a user can fix
+  (unknown backbone or task, bad option, a nested class_path error) into one line instead of
+  a traceback or a usage dump; run-directory rules are in ``runs.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-import os
+import shlex
+import signal
 import sys
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from mtl_lightning.callbacks import (
@@ -50,12 +63,25 @@ from mtl_lightning.callbacks import (
     PredictionWriter,
     RunStatistics,
     WandbSummaries,
+    interruption,
 )
 from mtl_lightning.callbacks.checkpoint import Checkpoint
+from mtl_lightning.callbacks.interruption import InterruptionCheckpoint
 from mtl_lightning.callbacks.prediction_writer import skipped_images_error
 from mtl_lightning.callbacks.random_state import RandomState
+from mtl_lightning.callbacks.schedule_check import ScheduleCheck
+from mtl_lightning.checkpoint_io import CheckpointWriteError, SafeCheckpointIO, read_checkpoint
+from mtl_lightning.cli_errors import inner_sentence
 from mtl_lightning.loggers import resume_wandb_run
 from mtl_lightning.module import MultiTaskModule
+from mtl_lightning.runs import (
+    LAST_CHECKPOINT,
+    RUN_DIR_ENV,  # noqa: F401 (re-exported: tests and scripts import it from here)
+    checkpoint_run_dir,
+    keep_run_dirs,
+    new_run_dir,
+    remove_unused_run_dirs,
+)
 
 OUT_OF_MEMORY = (
     "out of accelerator memory during a step. Lower --data.init_args.batch_size (and keep the "
@@ -63,67 +89,6 @@ OUT_OF_MEMORY = (
     "bf16-mixed, lower --data.init_args.image_size, or use a smaller --model.backbone; the "
     "checkpoints already written are intact (resume with --ckpt_path last)."
 )
-RUN_DIR_ENV = "MTL_LIGHTNING_RUN_DIR"
-LAST_CHECKPOINT = Path("checkpoints", "last.ckpt")
-
-
-def _run_to_resume(base: Path, name: str | None) -> Path | None:
-    """The run directory that ``fit --ckpt_path last`` continues: ``<base>/<run_name>`` when a
-    run name is given (made if missing, so a requeued job keeps one folder), else the run under
-    ``base`` whose ``checkpoints/last.ckpt`` was written most recently; ``None`` if there is
-    none (the run then starts afresh in a new folder, as Lightning does)."""
-    if name is not None:
-        return base / name
-    candidates = list(base.glob(f"*/{LAST_CHECKPOINT}"))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda path: path.stat().st_mtime).parents[1]
-
-
-def _launched_together() -> bool:
-    """Whether this process is one of several that an outside launcher (torchrun, SLURM's
-    srun) started, each running this command: they must agree on one run directory."""
-    env = os.environ
-    torchrun = "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1")) > 1
-    return torchrun or ("SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1)
-
-
-def _launcher_run_name() -> str | None:
-    """A run name all processes of one launch share: the SLURM job id, or torchrun's
-    ``--rdzv_id``."""
-    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    return None if run_id == "none" else f"torchrun-{run_id}"
-
-
-def _new_run_dir(base: Path, name: str | None, resume: bool = False) -> Path:
-    """A fresh run directory, or with ``resume`` the one to continue (:func:`_run_to_resume`);
-    shared with DDP child processes through the environment. Processes started together by
-    torchrun or srun all use ``<base>/<run_name>`` (default: the job or rendezvous id)."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and "LOCAL_RANK" in os.environ:  # a DDP child started by Lightning
-        return Path(inherited)
-    together = _launched_together()
-    name = name or (_launcher_run_name() if together else None)
-    if together and name is None:
-        raise ValueError("This is one of several processes started by torchrun: give "
-                         "--run_name NAME (or torchrun --rdzv_id) so they share a run directory.")
-    resumed = _run_to_resume(base, name) if resume else None
-    if resumed is None and together:
-        resumed = base / name
-    if resumed is not None:
-        resumed.mkdir(parents=True, exist_ok=True)
-        os.environ[RUN_DIR_ENV] = str(resumed)
-        return resumed
-    stem = name or time.strftime("%Y%m%d-%H%M%S")
-    run_dir, counter = base / stem, 1
-    while run_dir.exists():
-        counter += 1
-        run_dir = base / f"{stem}-{counter}"
-    run_dir.mkdir(parents=True)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
 
 
 class MultiTaskCLI(LightningCLI):
@@ -155,6 +120,18 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(WandbSummaries, "wandb_summaries")
         parser.add_lightning_class_args(RunStatistics, "run_statistics")
         parser.add_lightning_class_args(FrozenGarbageCollector, "garbage_collection")
+        parser.add_lightning_class_args(InterruptionCheckpoint, "interruption")
+        parser.add_lightning_class_args(ScheduleCheck, "schedule_check")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning (2.6, private hook) reads the model's hyper-parameters from ``--ckpt_path``
+        here, first of all: a file that is not a checkpoint of this project is refused with one
+        sentence before it (``NotACheckpointError``), not with an ``UnpicklingError``."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path, mmap=True)
+        super()._parse_ckpt_path()
 
     def _subcommand_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -168,9 +145,20 @@ class MultiTaskCLI(LightningCLI):
         }
         base = Path(config.trainer.default_root_dir or "runs")
         resume = self.subcommand == "fit" and config.ckpt_path == "last"
-        self.run_dir = _new_run_dir(base, config.run_name, resume=resume)
+        predicted_run = (checkpoint_run_dir(config.ckpt_path)
+                         if self.subcommand == "predict" and config.ckpt_path else None)
+        if predicted_run is not None:
+            # Predictions of a run's checkpoint go into that run: <run>/predictions/<time>/.
+            self.run_dir = new_run_dir(predicted_run / "predictions", None)
+            if config.prediction_writer.output_dir is None:
+                self._saved_values["prediction_writer.output_dir"] = None
+                config.prediction_writer.output_dir = str(self.run_dir)
+        else:
+            self.run_dir = new_run_dir(base, config.run_name, resume=resume)
         config.trainer.default_root_dir = str(self.run_dir)
-        if config.checkpoint.dirpath is None:
+        if predicted_run is not None and config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(predicted_run / "checkpoints")  # nothing is saved
+        elif config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
             if resume and (self.run_dir / LAST_CHECKPOINT).is_file():
                 # What Lightning's "last" finds there, named, so the W&B run is found too.
@@ -186,7 +174,6 @@ class MultiTaskCLI(LightningCLI):
                     logger.init_args.version = ""
                 if logger.class_path.endswith("WandbLogger") and self.subcommand == "fit":
                     resume_wandb_run(logger.init_args, config.ckpt_path)
-        rank_zero_info(f"Run directory: {self.run_dir}")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -195,6 +182,26 @@ class MultiTaskCLI(LightningCLI):
         config = self._subcommand_config()
         for key, value in self._saved_values.items():
             config[key] = value
+        rank_zero_info(f"Run directory: {self.run_dir}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with :class:`SafeCheckpointIO` unless the config names a CheckpointIO."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        plugins = kwargs.pop("plugins", trainer_config.get("plugins"))
+        plugins = list(plugins) if isinstance(plugins, list) else [] if plugins is None else [
+            plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(SafeCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
+
+    def before_predict(self) -> None:
+        """Predicting needs no training data: the data module is not prepared or set up (no
+        Scenes generation, no annotation validation); its predict loader reads the folder."""
+        def nothing(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        self.datamodule.prepare_data = nothing
+        self.datamodule.setup = nothing
 
     def after_fit(self) -> None:
         data = self.datamodule
@@ -226,17 +233,38 @@ class MultiTaskCLI(LightningCLI):
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+#: Every sub-command parser refuses abbreviated options (``--trainer.max_epoch 1`` would
+#: otherwise be taken as ``--trainer.max_epochs 1``).
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PARSER_KWARGS: dict[str, Any] = {"allow_abbrev": False,
+                                 **{name: {"allow_abbrev": False} for name in SUBCOMMANDS}}
 
 
-def run_cli(args: list[str] | None = None) -> MultiTaskCLI:
-    """Run the CLI and let exceptions propagate (for tests and programmatic use)."""
-    return MultiTaskCLI(
-        MultiTaskModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+def run_cli(args: list[str] | None = None, exit_on_error: bool = True) -> MultiTaskCLI:
+    """Run the CLI and let exceptions propagate (for tests and programmatic use). A run
+    directory this call created and left without results is removed when it fails. With
+    ``exit_on_error=False`` a parsing error is raised (``argparse.ArgumentError``) instead of
+    printed with the usage."""
+    interruption.last_interruption = None
+    parser_kwargs = {key: {**value, "exit_on_error": exit_on_error} if isinstance(value, dict)
+                     else value for key, value in PARSER_KWARGS.items()}
+    parser_kwargs["exit_on_error"] = exit_on_error
+    try:
+        with warnings.catch_warnings():  # main() passes sys.argv on, possibly completed
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            cli = MultiTaskCLI(
+                MultiTaskModule,
+                LightningDataModule,
+                subclass_mode_data=True,
+                args=args,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs=parser_kwargs,
+            )
+    except BaseException:
+        remove_unused_run_dirs()
+        raise
+    keep_run_dirs()
+    return cli
 
 
 def _one_line(error: BaseException) -> str:
@@ -249,11 +277,62 @@ def _one_line(error: BaseException) -> str:
     if "Original Traceback" in message:
         last = [line for line in message.splitlines() if line.strip()][-1]
         message = last.split(": ", 1)[-1]
-    return message
+    return inner_sentence(message)
+
+
+def _with_run_config(argv: list[str]) -> list[str]:
+    """``predict --ckpt_path CKPT`` without ``--config``: the settings of the run that wrote
+    the checkpoint (its ``config.yaml``) come first, the user's options after them."""
+    if argv[:1] != ["predict"] or any(a in ("--config", "-c") or a.startswith("--config=")
+                                      for a in argv):
+        return argv
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"),
+                next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None))
+    if ckpt is None or not Path(ckpt).is_file():
+        return argv
+    run_dir = checkpoint_run_dir(ckpt)
+    if run_dir is None:
+        raise ValueError(f"predict without --config reads the settings of the run that wrote "
+                         f"'{ckpt}' from its config.yaml, and there is none next to it "
+                         "(<run>/checkpoints/*.ckpt, <run>/config.yaml); give --config.")
+    return ["predict", "--config", str(run_dir / "config.yaml"), *argv[1:]]
+
+
+def _resume_command(argv: list[str], run_dir: Path) -> str:
+    """The command that continues an interrupted ``fit``: the same one with ``--ckpt_path
+    last --run_name <its folder>``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--ckpt_path", "--run_name"):
+            skip = True
+            continue
+        if not arg.startswith(("--ckpt_path=", "--run_name=")):
+            kept.append(arg)
+    return shlex.join(["mtl-lightning", *kept, "--ckpt_path", "last",
+                       "--run_name", run_dir.name])
+
+
+def _report_interruption(argv: list[str]) -> None:
+    """After SIGTERM or SIGINT: where the state is, how to resume; exit 128 + signal."""
+    stop = interruption.last_interruption
+    if stop is None:
+        return
+    name = stop.signal.name
+    if stop.checkpoint is not None:
+        print(f"mtl-lightning: {name} received at epoch {stop.epoch}, step {stop.step}: the "
+              f"state is saved in {stop.checkpoint}; resume with: "
+              f"{_resume_command(argv, stop.checkpoint.parents[1])}", file=sys.stderr)
+    else:
+        print(f"mtl-lightning: stopped by {name}.", file=sys.stderr)
+    raise SystemExit(stop.exit_code)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: errors the user can fix are printed as one line, exit code 2."""
+    """Console entry point: errors the user can fix are printed as one line, exit code 2;
+    a run stopped by SIGTERM / SIGINT exits with 143 / 130."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["check-data"]:
         from mtl_lightning.check_data import main as check_data
@@ -272,10 +351,29 @@ def main(args: list[str] | None = None) -> None:
 
         raise SystemExit(export(argv[1:]))
     try:
-        run_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv itself
+        argv = _with_run_config(argv)
+        run_cli(argv, exit_on_error=False)
+    except argparse.ArgumentError as error:
+        message = inner_sentence(str(error))
+        if message.startswith("unrecognized arguments"):
+            subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+            command = " ".join(filter(None, ["mtl-lightning", subcommand, "--help"]))
+            message += f" (options are never abbreviated; see {command})"
+        print(f"mtl-lightning: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        interruption.last_interruption = interruption.last_interruption or (
+            interruption.Interruption(signal.SIGINT, None, 0, 0))
+        _report_interruption(argv)
+    except SystemExit:
+        _report_interruption(argv)
+        raise
     except USER_ERRORS as error:
         print(f"mtl-lightning: error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CheckpointWriteError as error:
+        print(f"mtl-lightning: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except torch.OutOfMemoryError:
         print(f"mtl-lightning: error: {OUT_OF_MEMORY}", file=sys.stderr)
         raise SystemExit(3) from None

@@ -47,6 +47,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from torch import nn
 
+from mtl_lightning.checkpoint_io import read_checkpoint
 from mtl_lightning.module import MultiTaskModule
 
 DEFAULT_IMAGE_SIZE = 128
@@ -135,15 +136,7 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"--ckpt_path '{ckpt_path}' is not a checkpoint file.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling fails in many ways on a file that is no checkpoint
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ValueError(f"'{ckpt_path}' could not be read as a checkpoint "
-                         f"({type(error).__name__}: {first_line}).") from None
-    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"'{ckpt_path}' is not a Lightning checkpoint of mtl_lightning "
-                         "(no state_dict or hyper_parameters).")
+    checkpoint = read_checkpoint(path)  # one sentence for a file that is no checkpoint of ours
     with warnings.catch_warnings():  # the balancer's keys, dropped on purpose just below
         warnings.filterwarnings("ignore", message="Found keys that are not in the model")
         module = MultiTaskModule.load_from_checkpoint(

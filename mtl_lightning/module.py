@@ -105,6 +105,8 @@ class MultiTaskModule(LightningModule):
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (not applied to norms and biases).
         warmup_fraction: fraction of all steps spent warming the learning rate up linearly.
+        warmup_steps: warm up for this many optimizer steps instead (at most all of them): a
+            warm-up that does not grow with ``max_epochs``, for runs that ``max_time`` ends.
         min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
         train_metrics: also compute metrics on training batches (detection mAP excepted).
         train_metrics_every: update the training metrics on every n-th training batch only:
@@ -146,6 +148,7 @@ class MultiTaskModule(LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
+        warmup_steps: int | None = None,
         min_lr_ratio: float = 0.01,
         train_metrics: bool = True,
         train_metrics_every: int = 10,
@@ -556,6 +559,8 @@ class MultiTaskModule(LightningModule):
         optimizer = create_optimizer_v2(self, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(total * hp.warmup_fraction)
+        if hp.warmup_steps is not None:
+            warmup = min(hp.warmup_steps, total)
         scheduler = CosineLRScheduler(
             optimizer, t_initial=total, lr_min=hp.lr * hp.min_lr_ratio, warmup_t=warmup,
             warmup_lr_init=hp.lr * 0.01, warmup_prefix=True, t_in_epochs=False,

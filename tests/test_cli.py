@@ -204,3 +204,109 @@ def test_a_corrupt_image_met_in_a_loader_worker_is_one_line(tmp_path: Path, caps
     errors = [line for line in err.splitlines() if line.startswith("mtl-lightning: error")]
     assert len(errors) == 1 and "2.jpg" in errors[0], err
     assert "Traceback" not in err
+
+
+def test_fit_reports_the_kept_checkpoint(fitted) -> None:
+    """metrics.json's val/... values are those of the epoch whose checkpoint is kept as best
+    (the one test_after_fit tested), the latest epoch's are under last/val/..."""
+    cli, _ = fitted
+    metrics = json.loads((Path(cli.run_dir) / "metrics.json").read_text())
+    best = cli.trainer.checkpoint_callback
+    kept = metrics["kept/val/epoch"]
+    assert Path(best.best_model_path).name == f"best-epoch{kept:02d}.ckpt"
+    assert metrics["val/mtl/score"] == pytest.approx(float(best.best_model_score), abs=1e-6)
+    assert "last/val/mtl/score" in metrics and "last/val/classification/accuracy" in metrics
+
+
+def test_predict_from_a_checkpoint_alone(fitted, tmp_path: Path, monkeypatch) -> None:
+    """No --config: the run's own settings; no training data is prepared or read; the results
+    go into the checkpoint's run folder, whose config.yaml stays as it was."""
+    from mtl_lightning.data import ScenesDataModule
+
+    def untouchable(*args, **kwargs):
+        raise AssertionError("predict prepared or set up the training data")
+
+    monkeypatch.setattr(ScenesDataModule, "prepare_data", untouchable)
+    monkeypatch.setattr(ScenesDataModule, "setup", untouchable)
+    cli, _ = fitted
+    run_dir = Path(cli.run_dir)
+    config_before = (run_dir / "config.yaml").read_text()
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (80, 60), (10, 200, 10)).save(images / "photo.jpg")
+    main(["predict", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+          "--data.init_args.predict_images", str(images),
+          "--trainer.enable_progress_bar", "false"])
+    (written,) = (run_dir / "predictions").glob("*/photo.json")  # predictions/<time>/
+    record = json.loads(written.read_text())
+    assert record["size_hw"] == [60, 80] and "detection" in record
+    assert (run_dir / "config.yaml").read_text() == config_before
+
+
+def test_predict_from_a_checkpoint_without_its_run_is_one_sentence(fitted, tmp_path: Path,
+                                                                   capsys) -> None:
+    cli, _ = fitted
+    alone = tmp_path / "moved.ckpt"
+    alone.write_bytes((Path(cli.run_dir) / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--ckpt_path", str(alone), "--data.init_args.predict_images",
+              str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.yaml" in err and str(alone) in err
+
+
+def test_abbreviated_options_are_refused(tmp_path: Path, scenes_root: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(tmp_path, scenes_root), "--trainer.max_epoch", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--trainer.max_epoch" in err and "abbreviated" in err
+    assert "usage:" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "sentence"),
+    [
+        (["--data.init_args.image_size", "-8"], "image_size must be an integer"),
+        (["--data.init_args.tasks", "[depth]"], "unknown task"),
+        (["--model.balancer", "nowhere.Balancer"], "No module named 'nowhere'"),
+        (["--data", "mtl_lightning.data.CocoDataModule", "--data.init_args.annotations",
+          "missing.json", "--data.init_args.images", "."], "missing.json"),
+    ],
+)
+def test_config_errors_are_the_inner_sentence(option, sentence, tmp_path: Path,
+                                              scenes_root: Path, capsys) -> None:
+    """One line, the sentence that matters, no jsonargparse Union report or usage; and no
+    empty run directory left behind."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(tmp_path, scenes_root), *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mtl-lightning: error:")]
+    assert len(errors) == 1 and sentence in errors[0], err
+    assert "Union subtypes" not in err and "usage:" not in err and "Given value" not in err
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_max_time_shorter_than_the_schedule_is_announced(tmp_path: Path, scenes_root: Path):
+    with pytest.warns(UserWarning, match=r"max_time will stop training after about \d+ of the "
+                                         r"20 planned epochs") as record:
+        run_cli(["fit", *_args(tmp_path, scenes_root), "--trainer.max_epochs", "20",
+                 "--trainer.max_time", "00:00:00:01", "--test_after_fit", "false",
+                 "--overlays.num_images", "0", "--report.print_table", "false"])
+    assert sum("max_time will stop" in str(w.message) for w in record) == 1
+
+
+def test_warmup_steps_bound_the_warm_up(tiny_scenes) -> None:
+    from types import SimpleNamespace
+
+    def warmup(**options) -> int:
+        module = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16, **options)
+        module._trainer = SimpleNamespace(estimated_stepping_batches=10_000)
+        return module.configure_optimizers()["lr_scheduler"]["scheduler"].warmup_t
+
+    assert warmup() == 500  # 5 % of all planned steps
+    assert warmup(warmup_steps=40) == 40
+    assert warmup(warmup_steps=20_000) == 10_000

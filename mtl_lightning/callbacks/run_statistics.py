@@ -78,5 +78,8 @@ class RunStatistics(Callback):
         path = run_directory(trainer) / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.tmp")
-        partial.write_text(json.dumps(record, indent=2))
-        os.replace(partial, path)
+        try:
+            partial.write_text(json.dumps(record, indent=2))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)  # a full disk leaves no partial file behind

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from mtl_lightning.cli import RUN_DIR_ENV
+from mtl_lightning.runs import RUN_DIR_ENV
 from tests.conftest import REPO, SMOKE_CONFIG
 
 #: Small smoke runs: 32 px images, few of them, no test after fit.
@@ -117,3 +117,25 @@ def cli_subprocess_env() -> dict[str, str]:
 
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mtl_lightning.cli", *args]
+
+
+class PauseUntilSigterm(Callback):
+    """At optimizer step ``step`` writes ``marker`` and waits (at most ``seconds``) until
+    Lightning has noted a SIGTERM, so that a test can signal the process mid-epoch. A SIGINT
+    interrupts the wait with ``KeyboardInterrupt`` as it would interrupt training."""
+
+    def __init__(self, step: int, marker: str, seconds: float = 120.0) -> None:
+        self.step = step
+        self.marker = marker
+        self.seconds = seconds
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step != self.step:
+            return
+        Path(self.marker).write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.seconds
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -48,7 +48,7 @@ def test_out_of_memory_is_one_line_with_what_to_change(monkeypatch, capsys) -> N
 
     import mtl_lightning.cli as cli
 
-    def explode(args):
+    def explode(args, **options):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(cli, "run_cli", explode)

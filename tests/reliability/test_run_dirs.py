@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_lightning.cli import LAST_CHECKPOINT, RUN_DIR_ENV, _new_run_dir
+from mtl_lightning.runs import LAST_CHECKPOINT, RUN_DIR_ENV, new_run_dir
 
 LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_RANK", "SLURM_JOB_ID",
                     "SLURM_NTASKS", "SLURM_PROCID", RUN_DIR_ENV)
@@ -22,9 +22,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _in_new_process(monkeypatch: pytest.MonkeyPatch, base: Path, name: str | None = None,
                     resume: bool = False) -> Path:
-    """``_new_run_dir`` as a freshly started process sees it (nothing inherited)."""
+    """``new_run_dir`` as a freshly started process sees it (nothing inherited)."""
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    return _new_run_dir(base, name, resume=resume)
+    return new_run_dir(base, name, resume=resume)
 
 
 def _with_last_checkpoint(run_dir: Path) -> Path:
@@ -39,7 +39,7 @@ def test_each_run_gets_its_own_directory(tmp_path: Path, monkeypatch) -> None:
     assert (first.name, second.name) == ("exp", "exp-2")
     assert os.environ[RUN_DIR_ENV] == str(second)  # what Lightning's DDP children inherit
     monkeypatch.setenv("LOCAL_RANK", "1")  # such a child joins its parent's directory
-    assert _new_run_dir(tmp_path, "exp") == second
+    assert new_run_dir(tmp_path, "exp") == second
 
 
 def test_ckpt_path_last_continues_the_latest_or_the_named_run(tmp_path: Path, monkeypatch) -> None:
@@ -80,3 +80,55 @@ def test_torchrun_without_a_name_is_refused(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--run_name"):
         _in_new_process(monkeypatch, tmp_path)
+
+
+def test_a_name_taken_between_check_and_creation_gets_a_suffix(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Another process creates ``exp`` just before this one does (the race two runs started
+    in the same second have): this one takes ``exp-2`` instead of failing."""
+    real_mkdir = Path.mkdir
+
+    def competitor_first(self: Path, *args, **kwargs) -> None:
+        if self == tmp_path / "exp" and not self.exists():
+            real_mkdir(self)  # the other process wins the race
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", competitor_first)
+    assert _in_new_process(monkeypatch, tmp_path, "exp") == tmp_path / "exp-2"
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "..", "a/b", "/tmp/abs"])
+def test_run_name_cannot_leave_default_root_dir(name: str, tmp_path: Path, monkeypatch) -> None:
+    base = tmp_path / "a" / "b" / "runs"
+    with pytest.raises(ValueError, match="plain folder name"):
+        _in_new_process(monkeypatch, base, name)
+    assert not (tmp_path / "a" / "elsewhere").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_default_root_dir_under_a_file_is_one_sentence(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"'.*results' is a file") as error:
+        _in_new_process(monkeypatch, blocker / "runs")
+    assert "\n" not in str(error.value)
+
+
+def test_a_failed_command_removes_only_the_empty_run_directory_it_made(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mtl_lightning.runs import keep_run_dirs, remove_unused_run_dirs
+
+    keep_run_dirs()  # forget the folders earlier tests made
+    older = tmp_path / "older"
+    older.mkdir()  # another run's folder, empty: not this process's to remove
+    failed = _in_new_process(monkeypatch, tmp_path, "failed")
+    (failed / "checkpoints").mkdir()
+    (failed / "config.yaml").write_text("model: {}")
+    worked = _in_new_process(monkeypatch, tmp_path, "worked")
+    (worked / "checkpoints").mkdir()
+    (worked / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert remove_unused_run_dirs() == [failed]
+    assert older.is_dir() and worked.is_dir() and not failed.exists()
+    succeeded = _in_new_process(monkeypatch, tmp_path, "succeeded")
+    keep_run_dirs()  # the command succeeded: its folder stays even if empty
+    assert remove_unused_run_dirs() == [] and succeeded.is_dir()
