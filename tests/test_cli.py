@@ -141,7 +141,8 @@ def test_predict_writes_json_mask_and_overlay(fitted, scenes_root: Path, tmp_pat
     ("option", "message"),
     [
         (["--model.backbone", "resnt18"], "Close timm names: resnet18"),
-        (["--model.tasks", '{"depth": null}'], "available tasks: classification, detection"),
+        (["--model.tasks", '{"keypoints": null}'], "available tasks: classification, depth"),
+        (["--model.tasks", '{"depth": null}'], "the data provides no 'depth' labels"),
     ],
 )
 def test_user_errors_are_one_line(option, message, tmp_path: Path, scenes_root: Path, capsys):

@@ -77,15 +77,15 @@ def build_task(
     category_ids = info.pop("category_ids", None)
     merged = {**info, **options}
     task_class = TASKS[name]
-    if "num_classes" not in merged and task_class.derived_from is None and (
-            task_class.has_classes):
+    unlabelled = bool(labelled) and name not in labelled  # the data labels others, not this
+    if task_class.derived_from is None and (unlabelled or (
+            "num_classes" not in merged and task_class.has_classes)):
         what = "" if labelled is None else (
             f" (it labels {', '.join(labelled)})" if labelled else " (it labels no task)")
         raise ValueError(
             f"Task '{name}' is named in model.tasks but the data provides no '{name}' "
-            f"labels{what}, so it does not know its number of classes; remove it from "
-            "model.tasks (model.tasks null trains what the data labels) or use data that "
-            "labels it."
+            f"labels{what}; remove it from model.tasks (model.tasks null trains what the "
+            "data labels) or use data that labels it."
         )
     try:
         task = TASKS[name](**merged)

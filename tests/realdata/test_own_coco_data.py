@@ -84,9 +84,6 @@ def test_single_category_trains_segmentation_and_detection(pedestrians) -> None:
     assert not any("classification" in key for key in result["metrics"])
 
 
-@pytest.mark.xfail(reason="needs predict from a checkpoint alone (issue 20 item 9, another "
-                   "branch); not run until then: today it generates the Scenes set first",
-                   run=False, strict=False)
 def test_readme_predict_command_with_a_coco_checkpoint(pedestrians, tmp_path: Path) -> None:
     run, _ = pedestrians
     (command,) = commands("Predict")
