@@ -142,7 +142,13 @@ def merged_baselines(runs: list[dict[str, Any]], stage: str,
 
 def _results(run: dict[str, Any], stage: str,
              metrics: dict[str, list[str]] | None) -> dict[str, dict[str, float]]:
-    """A run's ``{task: {metric: value}}``, or one sentence naming the file with a bad value."""
+    """A run's ``{task: {metric: value}}``, or one sentence naming the file with a bad value.
+    Without ``metrics``, each task's headline is the one the run recorded in ``run.json``
+    (it depends on the task's options, e.g. mAP for multi-label classification), else the
+    task type's default."""
+    if metrics is None and isinstance(run["cost"].get("headline_metrics"), dict):
+        recorded = run["cost"]["headline_metrics"]
+        metrics = {task: [str(metric)] for task, metric in recorded.items()}
     try:
         return task_results(run["metrics"], stage, metrics)
     except (TypeError, ValueError) as error:

@@ -282,3 +282,21 @@ def test_abbreviated_options_are_refused(runs, tmp_path, capsys) -> None:
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --out" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_headline_a_run_recorded_is_the_one_compared(tmp_path: Path) -> None:
+    """A multi-label classification run is judged by the mAP its run.json names as its
+    headline, not by the task type's default accuracy (a predict-nothing model scores high
+    accuracy on multi-hot labels)."""
+    headline = {"headline_metrics": {"classification": "map"}}
+    base = _run(tmp_path, "single", {"test/classification/accuracy": 0.75,
+                                     "test/classification/map": 0.60}, headline)
+    mtl = _run(tmp_path, "mtl", {"test/classification/accuracy": 0.75,
+                                 "test/classification/map": 0.66}, headline)
+    row = next(r for r in compare([mtl], [base])["rows"] if r["run"] == "mtl")
+    assert row["delta_m"] == pytest.approx(10.0)
+    old = {name: _run(tmp_path / "old", name, {"test/classification/accuracy": 0.75,
+                                               "test/classification/map": value})
+           for name, value in (("single", 0.60), ("mtl", 0.66))}
+    row = next(r for r in compare([old["mtl"]], [old["single"]])["rows"] if r["run"] == "mtl")
+    assert row["delta_m"] == pytest.approx(0.0)  # no record: the type's default, accuracy

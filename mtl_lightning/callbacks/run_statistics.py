@@ -74,6 +74,11 @@ class RunStatistics(Callback):
             "fit/steps": trainer.global_step,
             "fit/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "fit/world_size": trainer.world_size,
+            # what each task is judged by in this run (a multi-label classification: its
+            # mAP, not accuracy); `compare` reads it
+            "headline_metrics": {name: task.headline_metric
+                                 for name, task in getattr(pl_module, "tasks", {}).items()
+                                 if not task.auxiliary},
         }
         path = run_directory(trainer) / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
