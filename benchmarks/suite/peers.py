@@ -46,7 +46,9 @@ from .settings import Settings
 
 TARGET = 0.9
 #: The peer needs every head to read only the neck's maps (see the module docstring).
-PYRAMID_CLASSIFIER = "--model.tasks.classification.features=pyramid"
+#: (The other options come from the config's ``model.task_options``.)
+PYRAMID_CLASSIFIER = ("--model.tasks={classification: {features: pyramid}, segmentation: null, "
+                      "detection: null}")
 
 
 def task_losses(model: MultiTaskModule, batch: dict) -> tuple[dict, dict, list]:
