@@ -19,8 +19,6 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 
@@ -34,7 +32,9 @@ def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:
     steps: list[v2.Transform] = []
     if "detection" in tasks:
         steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_detection_labels))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    # Images leave the pipeline in [0, 1]: the model normalises them with its backbone's own
+    # statistics (see mtl_lightning.models.input_normalization), saved in its checkpoints.
+    steps.append(v2.ToDtype(torch.float32, scale=True))
     return steps
 
 
@@ -79,6 +79,6 @@ def train_transforms(
 
 
 def eval_transforms(image_size: int, tasks: tuple[str, ...]) -> SampleTransform:
-    """Resize to ``image_size`` and normalise; no randomness."""
+    """Resize to ``image_size`` and scale to [0, 1]; no randomness."""
     return SampleTransform(v2.Compose([v2.Resize((image_size, image_size), antialias=True),
                                        *_finish(tasks)]))
