@@ -39,7 +39,7 @@ import torch
 from timm.data import resolve_data_config
 from timm.layers import Format
 from timm.models import load_state_dict
-from timm.models._features import FeatureGetterNet
+from timm.models._features import FeatureGetterNet, FeatureInfo
 from torch import nn
 
 from mtl_lightning.models.simple_feature_pyramid import PYRAMID_STRIDES, SimpleFeaturePyramid
@@ -134,6 +134,8 @@ class Backbone(nn.Module):
         if image_size is not None:
             optional["img_size"] = image_size
         self.body = self._create(kwargs, optional, pretrained, pretrained_file)
+        if not isinstance(getattr(self.body, "feature_info", None), FeatureInfo):
+            raise self._no_features(ValueError("it reports no feature stages"))
         self.dynamic_size = bool(self._accepted.get("dynamic_img_size"))
         info = self.body.feature_info
         all_reductions = [int(stage["reduction"]) for stage in info.info]
