@@ -184,7 +184,9 @@ def main() -> None:
     old = {}
     if args.update and args.json.is_file():
         old = {r["family"]: r for r in json.loads(args.json.read_text())["families"]}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mtl-coverage-") as scratch:
         for family in args.families:
             name, extra = FAMILIES[family]
@@ -193,12 +195,13 @@ def main() -> None:
                                     args.exporter, Path(scratch)))
             print(f"{family}: {rows[-1]['failure'] or 'ok'} ({rows[-1]['seconds']:.0f} s)",
                   file=sys.stderr, flush=True)
-    by_family = {**old, **{r["family"]: r for r in rows}}
-    rows = [by_family[f] for f in FAMILIES if f in by_family]
-    result = {"machine": machine("cpu"), "image_size": args.image_size, "steps": args.steps,
-              "exporter": args.exporter, "families": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+            # Written after every family: a run cut short keeps what it measured.
+            by_family = {**old, **{r["family"]: r for r in rows}}
+            result = {"machine": machine("cpu"), "image_size": args.image_size,
+                      "steps": args.steps, "exporter": args.exporter,
+                      "families": [by_family[f] for f in FAMILIES if f in by_family]}
+            args.json.write_text(json.dumps(result, indent=2))
+    rows = result["families"]
     print(f"machine: {result['machine']}")
     print(table(rows))
 
