@@ -66,8 +66,14 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def _check_weights_file(path: str, name: str) -> None:
-    """A weights file must exist and hold a state dict (name -> tensor)."""
+def _flat_key(key: str) -> str:
+    """A state-dict key as both the full model and its feature extractor name it (timm's
+    extractors flatten ``layers.0`` to ``layers_0`` and wrap the model as ``model.``)."""
+    return key.removeprefix("model.").replace(".", "_")
+
+
+def _check_weights_file(path: str, name: str) -> set[str]:
+    """A weights file must exist and hold a state dict (name -> tensor); its keys."""
     if not Path(path).is_file():
         raise BackboneError(f"Backbone weights file '{path}' does not exist; give the path of "
                             "a .pth or .safetensors file.")
@@ -82,6 +88,7 @@ def _check_weights_file(path: str, name: str) -> None:
         raise BackboneError(
             f"Backbone weights file '{path}' is not a state dict (name -> tensor); save one "
             f"with torch.save(timm.create_model('{name}').state_dict(), path).")
+    return {_flat_key(key) for key in state}
 
 
 class Backbone(nn.Module):
@@ -124,8 +131,9 @@ class Backbone(nn.Module):
             )
         self.name = name
         kwargs: dict[str, Any] = dict(model_kwargs or {})
+        file_keys: set[str] = set()
         if pretrained_file is not None:
-            _check_weights_file(pretrained_file, name)
+            file_keys = _check_weights_file(pretrained_file, name)
             pretrained = True
             kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
         if drop_path_rate > 0:
@@ -136,6 +144,13 @@ class Backbone(nn.Module):
         self.body = self._create(kwargs, optional, pretrained, pretrained_file)
         if not isinstance(getattr(self.body, "feature_info", None), FeatureInfo):
             raise self._no_features(ValueError("it reports no feature stages"))
+        if pretrained_file is not None and not file_keys & {
+                _flat_key(k) for k in self.body.state_dict()}:
+            # timm loads some families (ViTs) non-strictly: a foreign file would load nothing.
+            raise BackboneError(
+                f"Backbone weights file '{pretrained_file}' holds no weights of '{name}' (none "
+                "of its keys is a parameter of that model); give a state dict of that timm "
+                "model or choose the backbone it was saved from.")
         self.dynamic_size = bool(self._accepted.get("dynamic_img_size"))
         info = self.body.feature_info
         all_reductions = [int(stage["reduction"]) for stage in info.info]
@@ -184,6 +199,9 @@ class Backbone(nn.Module):
                         "timm model or choose the backbone it was saved from.") from None
                 raise self._no_features(error) from error
             except (AssertionError, NotImplementedError, AttributeError) as error:
+                if "last-n" in str(error) and "out_indices" not in kwargs:
+                    kwargs["out_indices"] = 1  # a ViT shallower than timm's default last 3
+                    continue
                 raise self._no_features(error) from error
 
     def _no_features(self, error: BaseException) -> BackboneError:

@@ -37,10 +37,11 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float,
     for network in backbones:
         skip = _no_decay_names(network)
         if layer_decay is None:
-            found = param_groups_weight_decay(network, weight_decay, skip)
+            found = param_groups_weight_decay(network, weight_decay=weight_decay,
+                                              no_weight_decay_list=skip)
         else:
-            found = param_groups_layer_decay(network, weight_decay, skip,
-                                             layer_decay=layer_decay)
+            found = param_groups_layer_decay(network, weight_decay=weight_decay,
+                                             no_weight_decay_list=skip, layer_decay=layer_decay)
         for group in found:
             group["lr_scale"] = group.get("lr_scale", 1.0) * backbone_lr_ratio
             in_backbone |= {id(p) for p in group["params"]}
