@@ -163,9 +163,9 @@ class Backbone(nn.Module):
                     f"model.vit_blocks applies to plain ViTs; '{name}' is a hierarchical model "
                     "(remove the option).")
             self._select_stages(all_reductions, min_reduction)
-        self.data_config: dict[str, Any] = resolve_data_config({}, pretrained_cfg=dict(
-            getattr(self.body, "pretrained_cfg", None) or {}))
-        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        cfg = dict(getattr(self.body, "pretrained_cfg", None) or {})
+        #: mean, std, interpolation, ... the model was pretrained with (timm's data config)
+        self.data_config: dict[str, Any] = resolve_data_config({}, pretrained_cfg=cfg)
         fixed = cfg.get("fixed_input_size", False) and not self.dynamic_size
         size = image_size if self._accepted.get("img_size") else None
         #: the only (height, width) the model takes, or None for any size
