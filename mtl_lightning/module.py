@@ -61,7 +61,7 @@ def checkpoint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[
     tasks = sorted(current.get("tasks") or current.get("task_info") or {})
     if saved_tasks and tasks and saved_tasks != tasks:
         problems.append(f"it has tasks {saved_tasks}, this model {tasks}")
-    for key in ("backbone", "backbone_kwargs", "neck_channels"):
+    for key in ("backbone", "backbone_kwargs", "neck_channels", "image_size", "vit_blocks"):
         if key in saved and saved.get(key) != current.get(key):
             problems.append(f"its {key} is {saved.get(key)!r}, this model's {current.get(key)!r}")
     saved_info, info = saved.get("task_info") or {}, current.get("task_info") or {}

@@ -9,9 +9,10 @@ import pytest
 import timm
 import torch
 
+from mtl_lightning.models.architectures import build_architecture
 from mtl_lightning.models.backbone import Backbone, BackboneError
 from mtl_lightning.models.simple_feature_pyramid import SimpleFeaturePyramid
-from mtl_lightning.module import MultiTaskModule
+from mtl_lightning.module import CheckpointMismatchError, MultiTaskModule
 
 TASK_INFO = {
     "classification": {"num_classes": 3},
@@ -130,3 +131,31 @@ def test_a_weights_file_of_something_else_is_one_sentence(content: str, message:
 def test_vit_blocks_on_a_hierarchical_model_is_refused() -> None:
     with pytest.raises(BackboneError, match="applies to plain ViTs"):
         Backbone("resnet10t", vit_blocks=[-1])
+
+
+def test_soft_sharing_says_which_backbones_it_takes() -> None:
+    """Cross-stitch mixes channels-first stage maps stage by stage: a plain ViT or Swin gets
+    one sentence; MTAN and the ensemble take a ViT."""
+    for name, kind in [(VIT, "a plain ViT"), ("swin_tiny_patch4_window7_224", "channels-last")]:
+        with pytest.raises(BackboneError, match=f"is {kind}.*hard, mtan or ensemble"):
+            build_architecture("cross_stitch", ["a", "b"],
+                               lambda name=name: Backbone(name, model_kwargs=(
+                                   SHALLOW if name == VIT else {"depths": [1, 1, 1, 1]})), 16)
+    for architecture in ("mtan", "ensemble"):
+        model = MultiTaskModule(task_info=TASK_INFO, backbone=VIT, backbone_kwargs=SHALLOW,
+                                neck_channels=8, architecture=architecture).eval()
+        with torch.no_grad():
+            outputs = model(torch.rand(1, 3, 32, 32))
+        assert outputs["segmentation"].shape == (1, 4, 32, 32), architecture
+
+
+def test_a_checkpoint_of_other_vit_blocks_is_one_sentence(tmp_path: Path) -> None:
+    model = MultiTaskModule(task_info=TASK_INFO, backbone=VIT, backbone_kwargs=SHALLOW,
+                            neck_channels=8, vit_blocks=[1])
+    path = tmp_path / "vit.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": "2.5.0"}, path)
+    other = MultiTaskModule(task_info=TASK_INFO, backbone=VIT, backbone_kwargs=SHALLOW,
+                            neck_channels=8)
+    with pytest.raises(CheckpointMismatchError, match="its vit_blocks is \\[1\\]"):
+        other.on_load_checkpoint(torch.load(path, weights_only=True))
