@@ -6,8 +6,10 @@
         [--postprocess false] [--image_size 128] [--torchscript model.pt]
 
 The exported model is the shared trunk (backbone, neck, or whichever ``model.architecture``
-the run used) and every task head. Its input ``image`` is float32 ``[B, 3, S, S]``, normalised
-like the evaluation transforms (resize to ``S``, scale to [0, 1], ImageNet mean and std). The
+the run used) and every task head. Its input ``image`` is float32 ``[B, 3, S, S]`` in [0, 1],
+as the evaluation transforms give it (resize to ``S``, scale to [0, 1]); the graph itself
+subtracts the mean and divides by the std the checkpoint was trained with (its backbone's
+statistics, or ``model.image_mean``/``image_std``), so a deployment feeds plain RGB / 255. The
 batch size is dynamic; ``S`` is fixed at export: ``--image_size``, by default the training
 ``data.init_args.image_size`` read from the run's ``config.yaml`` next to the checkpoint.
 
@@ -48,6 +50,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from mtl_lightning.checkpoint_io import read_checkpoint
+from mtl_lightning.models.input_normalization import fill_legacy_statistics
 from mtl_lightning.module import MultiTaskModule
 
 DEFAULT_IMAGE_SIZE = 128
@@ -100,12 +103,15 @@ class InferenceModel(nn.Module):
 
     def __init__(self, module: MultiTaskModule, postprocess: bool = True) -> None:
         super().__init__()
+        self.normalize = module.normalize
         self.architecture = module.architecture
         self.tasks = module.tasks
         self.postprocess = postprocess
         self.output_names: list[str] = []  # filled by the first forward (see ``describe``)
 
     def named_outputs(self, image: torch.Tensor) -> Outputs:
+        """Outputs for ``image`` in [0, 1] (normalised here, as in training)."""
+        image = self.normalize(image)
         features = self.architecture(image)
         size = (image.shape[-2], image.shape[-1])
         named: Outputs = {}
@@ -141,6 +147,7 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
         warnings.filterwarnings("ignore", message="Found keys that are not in the model")
         module = MultiTaskModule.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, strict=False)
+    fill_legacy_statistics(checkpoint["state_dict"])
     weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("balancer.")}
     missing, unexpected = module.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith("balancer.")]

@@ -1,8 +1,9 @@
 """MultiTaskModule: one shared timm backbone and neck, one head per task.
 
 Read top to bottom: the model is built from the task list and the data's class information;
-a step runs the shared trunk once, each task's head, loss and metrics; the balancer turns
-task losses into one update; AdamW with warm-up + cosine (timm's factories) optimises it.
+a step normalises the [0, 1] images with the backbone's own statistics, runs the shared trunk
+once, each task's head, loss and metrics; the balancer turns task losses into one update;
+AdamW with warm-up + cosine (timm's factories) optimises it.
 
 Balancing stays inside Lightning's automatic optimisation, so gradient clipping, gradient
 accumulation, precision plugins and schedulers work unchanged for every method:
@@ -42,6 +43,8 @@ from mtl_lightning.balancing.task_gradients import (
 from mtl_lightning.metrics import delta_m
 from mtl_lightning.models import Backbone
 from mtl_lightning.models.architectures import build_architecture
+from mtl_lightning.models.input_normalization import InputNormalization, fill_legacy_statistics
+from mtl_lightning.models.param_groups import optimizer_param_groups
 from mtl_lightning.tasks import build_task, trained_tasks
 
 Batch = dict[str, Any]
@@ -58,7 +61,7 @@ def checkpoint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[
     tasks = sorted(current.get("tasks") or current.get("task_info") or {})
     if saved_tasks and tasks and saved_tasks != tasks:
         problems.append(f"it has tasks {saved_tasks}, this model {tasks}")
-    for key in ("backbone", "backbone_kwargs", "neck_channels"):
+    for key in ("backbone", "backbone_kwargs", "neck_channels", "image_size", "vit_blocks"):
         if key in saved and saved.get(key) != current.get(key):
             problems.append(f"its {key} is {saved.get(key)!r}, this model's {current.get(key)!r}")
     saved_info, info = saved.get("task_info") or {}, current.get("task_info") or {}
@@ -89,12 +92,23 @@ class MultiTaskModule(LightningModule):
         task_options: task name -> default options of that task, applied to whichever tasks
             are trained (named or followed from the data); options given in ``tasks`` win.
             A config can so fix e.g. the decoder width once for any data set.
-        backbone: timm model name (any CNN with ``features_only``).
+        backbone: timm model name: a hierarchical model (ResNet, EfficientNet, ConvNeXt,
+            Swin, ...) or a plain ViT (ViT, DeiT, EVA, ...; through a simple feature pyramid),
+            see :mod:`mtl_lightning.models.backbone`.
         pretrained: load pretrained backbone weights (hub, or ``pretrained_file``).
-        pretrained_file: local backbone weights file, for offline use.
+        pretrained_file: local backbone weights file (a state dict of that timm model), for
+            offline use.
         drop_path_rate: stochastic depth in the backbone.
         backbone_kwargs: further timm model arguments, e.g. ``{"channels": [32, 64, 128, 256],
             "stem_width": 32}`` for a half-width ResNet.
+        image_size: input size for a backbone built for one size (Hiera, MaxViT, ...; timm's
+            ``img_size``); set it to the data's ``image_size``. Others ignore it.
+        vit_blocks: blocks of a plain ViT that feed its pyramid: one (default: the last) or
+            four (one per level, fine to coarse).
+        image_mean, image_std: input statistics (per channel, for images in [0, 1]); by
+            default the backbone's pretrained ones (timm's data config). The values used are
+            saved in the checkpoint (buffers and hyper-parameters), so predict and export
+            normalise alike.
         neck_channels: width of the feature pyramid.
         architecture: how the tasks share parameters: ``hard`` (one backbone and neck),
             ``cross_stitch``, ``mtan`` or ``ensemble``
@@ -103,6 +117,11 @@ class MultiTaskModule(LightningModule):
         balancer: how task losses become one update (default: equal static weights); any
             class of :mod:`mtl_lightning.balancing`, e.g. ``configs/balancer/mgda.yaml``.
         lr: peak learning rate of AdamW.
+        backbone_lr_ratio: the backbone's learning rate relative to ``lr`` (heads, neck and a
+            ViT's pyramid learn at ``lr``), e.g. 0.1 for a pretrained backbone.
+        layer_decay: layer-wise learning-rate decay inside the backbone (e.g. 0.75 for a ViT):
+            layer ``i`` of ``L`` learns at ``decay ** (L - 1 - i)`` times the backbone's rate
+            (see :mod:`mtl_lightning.models.param_groups`). ``None`` disables it.
         weight_decay: AdamW weight decay (not applied to norms and biases).
         warmup_fraction: fraction of all steps spent warming the learning rate up linearly.
         warmup_steps: warm up for this many optimizer steps instead (at most all of them): a
@@ -141,11 +160,17 @@ class MultiTaskModule(LightningModule):
         pretrained_file: str | None = None,
         drop_path_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
+        image_size: int | None = None,
+        vit_blocks: list[int] | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
         neck_channels: int = 96,
         architecture: str = "hard",
         architecture_options: dict[str, Any] | None = None,
         balancer: Balancer | None = None,
         lr: float = 2e-3,
+        backbone_lr_ratio: float = 1.0,
+        layer_decay: float | None = None,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
         warmup_steps: int | None = None,
@@ -166,7 +191,8 @@ class MultiTaskModule(LightningModule):
         def make_backbone() -> Backbone:
             return Backbone(
                 backbone, pretrained=pretrained, pretrained_file=pretrained_file,
-                drop_path_rate=drop_path_rate, model_kwargs=backbone_kwargs,
+                drop_path_rate=drop_path_rate, image_size=image_size, vit_blocks=vit_blocks,
+                model_kwargs=backbone_kwargs,
             )
 
         self.tasks = nn.ModuleDict({
@@ -178,6 +204,19 @@ class MultiTaskModule(LightningModule):
             pyramid_levels={name: task.pyramid_levels for name, task in self.tasks.items()})
         for task in self.tasks.values():
             task.build_head(neck_channels, self.architecture.channels, self.architecture.strides)
+        data_config = next(m for m in self.architecture.modules()
+                           if isinstance(m, Backbone)).data_config
+        self.normalize = InputNormalization(image_mean or data_config["mean"],
+                                            image_std or data_config["std"])
+        # What was used, for the checkpoint's hyper-parameters (the buffers are the truth).
+        self.hparams.image_mean = self.normalize.mean.flatten().tolist()
+        self.hparams.image_std = self.normalize.std.flatten().tolist()
+        #: the resize interpolation the backbone was pretrained with (timm's data config);
+        #: informative: the data pipeline resizes bilinearly with antialiasing
+        self.image_interpolation: str = data_config.get("interpolation", "bilinear")
+        if backbone_lr_ratio <= 0 or (layer_decay is not None and not 0 < layer_decay <= 1):
+            raise ValueError(f"model.backbone_lr_ratio ({backbone_lr_ratio}) must be positive "
+                             f"and model.layer_decay ({layer_decay}) in (0, 1].")
         for task_name, path in getattr(self.architecture, "members", {}).items():
             # An ensemble member trained on its own: its backbone, neck and head.
             self.load_state_dict(self.architecture.member_state(task_name, path), strict=False)
@@ -235,7 +274,9 @@ class MultiTaskModule(LightningModule):
 
     # ---------------------------------------------------------------- forward
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
-        """Raw outputs of every task head for a batch of normalised images."""
+        """Raw outputs of every task head for a batch of images in [0, 1] (normalised here
+        with the backbone's statistics)."""
+        image = self.normalize(image)
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         features = self.architecture(image)
@@ -485,6 +526,7 @@ class MultiTaskModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint made for other tasks, another backbone or other class lists is refused
         with one sentence naming the difference, before a long state-dict key error."""
+        fill_legacy_statistics(checkpoint.get("state_dict") or {})
         saved = checkpoint.get("hyper_parameters") or {}
         if not saved:
             return
@@ -554,9 +596,13 @@ class MultiTaskModule(LightningModule):
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW (no decay on norms and biases) with linear warm-up and cosine decay, per step."""
+        """AdamW (no decay on norms and biases; the backbone's rate scaled by
+        ``backbone_lr_ratio`` and ``layer_decay``) with linear warm-up and cosine decay, per
+        step."""
         hp = self.hparams
-        optimizer = create_optimizer_v2(self, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay)
+        groups = optimizer_param_groups(self, hp.weight_decay, hp.get("layer_decay"),
+                                        hp.get("backbone_lr_ratio", 1.0))
+        optimizer = create_optimizer_v2(groups, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(total * hp.warmup_fraction)
         if hp.warmup_steps is not None:

@@ -35,7 +35,6 @@ from torchvision.io import write_png
 from mtl_lightning.callbacks.metrics_report import run_directory
 from mtl_lightning.callbacks.prediction_writer import confident, draw_order, to_cpu
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: Pictures smaller than this (pixels, shorter side) are enlarged before drawing.
 MIN_SIDE = 256
@@ -44,10 +43,8 @@ WANDB_IGNORE = 255
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation of one [3, H, W] image."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=image.device)[:, None, None]
-    return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    """One [3, H, W] image of a batch (in [0, 1]: the model normalises it) as uint8."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
 def ground_truth_as_prediction(task: str, target: Any, crowd: bool = False) -> Any:

@@ -35,8 +35,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 ResizeMode = Literal["stretch", "letterbox"]
@@ -118,7 +116,9 @@ def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:
     steps: list[v2.Transform] = []
     if "detection" in tasks:
         steps.append(SanitizeDetection(min_size=1.0))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    # Images leave the pipeline in [0, 1]: the model normalises them with its backbone's own
+    # statistics (see mtl_lightning.models.input_normalization), saved in its checkpoints.
+    steps.append(v2.ToDtype(torch.float32, scale=True))
     return steps
 
 
@@ -176,7 +176,7 @@ def train_transforms(
 def eval_transforms(
     image_size: int, tasks: tuple[str, ...], resize: ResizeMode = "stretch"
 ) -> SampleTransform:
-    """Resize to ``image_size`` (``resize``: see the module docstring) and normalise; no
-    randomness. Records ``meta["content_size"]``."""
+    """Resize to ``image_size`` (``resize``: see the module docstring) and scale to [0, 1];
+    no randomness. Records ``meta["content_size"]``."""
     return SampleTransform(v2.Compose([*resize_steps(image_size, resize), *_finish(tasks)]),
                            content=(image_size, resize))

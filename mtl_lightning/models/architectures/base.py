@@ -75,6 +75,11 @@ class Architecture(nn.Module, ABC):
         self.representation = aliases
         return aliases
 
+    def shared_maps(self, backbone: Backbone, image: torch.Tensor) -> list[torch.Tensor]:
+        """``backbone``'s maps for the neck; what it encodes (a CNN's stage maps, a plain
+        ViT's token maps before its simple feature pyramid) is the exposed representation."""
+        return backbone.adapt(self.expose(backbone.encode(image)))
+
     def levels_of(self, tasks: list[str]) -> list[int] | None:
         """The pyramid levels a neck shared by ``tasks`` must produce (None: all)."""
         wanted: set[int] = set()

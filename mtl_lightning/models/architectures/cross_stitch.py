@@ -35,9 +35,10 @@ class CrossStitch(Architecture):
     """One backbone per task, mixed by cross-stitch units after every kept stage.
 
     Each task has its own network (backbone and neck); after each stage the task streams
-    exchange features through a :class:`CrossStitchUnit`. It needs a timm model whose
-    ``features_only`` extractor runs stage by stage (``FeatureListNet``: ResNets, RegNets,
-    ConvNeXts, ...); others (EfficientNet, MobileNetV3) are refused with a clear error.
+    exchange features through a :class:`CrossStitchUnit`. Supported backbones: hierarchical
+    timm models whose ``features_only`` extractor runs stage by stage on channels-first maps
+    (``FeatureListNet``: ResNet, RegNet, ConvNeXt, FastViT, MaxViT, ...); EfficientNet,
+    MobileNet, channels-last Swin and plain ViTs are refused with one sentence.
     No representation is shared, so gradient balancers take task gradients at the
     parameters (``source: parameters``).
 
@@ -55,11 +56,14 @@ class CrossStitch(Architecture):
         super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
         self.backbones = nn.ModuleDict({task: make_backbone() for task in tasks})
         first = self.backbones[tasks[0]]
-        if not isinstance(first.body, FeatureListNet):
+        if not isinstance(first.body, FeatureListNet) or first.plain or first.channels_last:
+            kind = ("a plain ViT" if first.plain else "channels-last" if first.channels_last
+                    else type(first.body).__name__)
             raise BackboneError(
-                f"cross_stitch needs a backbone whose features run stage by stage (timm's "
-                f"FeatureListNet); '{first.name}' builds {type(first.body).__name__}. Use e.g. "
-                "resnet18, regnetx_002 or convnext_atto, or model.architecture hard or mtan."
+                f"cross_stitch needs a backbone whose features run stage by stage on "
+                f"channels-first maps (timm's FeatureListNet); '{first.name}' is {kind}. Use "
+                "e.g. resnet18, regnetx_002 or convnext_atto, or model.architecture hard, mtan "
+                "or ensemble (which take every backbone)."
             )
         self.channels, self.strides = first.channels, first.reductions
         if other_weight is None:

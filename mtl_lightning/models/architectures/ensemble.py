@@ -16,7 +16,7 @@ class Ensemble(Architecture):
 
     Outputs, metrics and callbacks are those of any multi-task model, so an ensemble of
     single-task models is compared with hard or soft sharing on equal terms (and costs one
-    backbone per task). Members are trained jointly (each only receives its own task's
+    backbone per task; any backbone). Members are trained jointly (each only receives its own task's
     gradient) or loaded from single-task runs' checkpoints with ``members``.
 
     Args:

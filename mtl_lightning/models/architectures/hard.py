@@ -13,7 +13,9 @@ class HardSharing(Architecture):
     """backbone -> FPN neck -> every head (Caruana 1997's hard sharing).
 
     The cheapest way to share: one trunk computed once for all tasks; the tasks compete for
-    its capacity. The representation is the set of backbone maps the neck consumes.
+    its capacity. The representation is the set of maps the backbone encodes (a plain ViT's
+    token maps, the input of its simple feature pyramid, which is shared like the neck).
+    Works with every backbone :class:`~mtl_lightning.models.backbone.Backbone` builds.
     """
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
@@ -29,10 +31,12 @@ class HardSharing(Architecture):
                      if self.pyramid_tasks else nn.Identity())
 
     def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        maps = self.expose(self.backbone(image))
+        maps = self.shared_maps(self.backbone, image)
         if not self.pyramid_tasks:
             return dict.fromkeys(self.task_names, self.without_pyramid(maps))
         return dict.fromkeys(self.task_names, self.neck(maps))
 
     def roles(self) -> ParameterRoles:
-        return ParameterRoles(list(self.backbone.parameters()), list(self.neck.parameters()), {})
+        return ParameterRoles(list(self.backbone.body.parameters()),
+                              self.backbone.adapter_parameters() + list(self.neck.parameters()),
+                              {})

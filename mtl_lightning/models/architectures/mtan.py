@@ -42,7 +42,8 @@ class MultiTaskAttention(HardSharing):
     network learns general features; a small attention module per task and level selects
     task-specific features from them. Here the attended maps of each task then pass through
     the shared FPN neck (one pass per task) to that task's head. The representation is the
-    shared backbone maps, as for hard sharing.
+    shared backbone maps, as for hard sharing. Works with every backbone (a plain ViT's
+    attention units sit on its simple feature pyramid's levels).
     """
 
     def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
@@ -58,7 +59,7 @@ class MultiTaskAttention(HardSharing):
         })
 
     def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        maps = self.expose(self.backbone(image))
+        maps = self.shared_maps(self.backbone, image)
         features = {}
         for task in self.task_names:
             attended, previous = [], None
