@@ -219,6 +219,28 @@ def _flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([tensors[k].reshape(-1) for k in sorted(tensors)])
 
 
+#: AdamW divides each gradient element by its running magnitude plus eps (1e-8): an element
+#: whose gradient is within about ten eps of zero turns its float noise (a 7e-11 change of a
+#: 7e-9 gradient, seen) into a visible change of its update, so such elements (about 3 % of
+#: this small model's weights) are left out of the element-wise comparison of the final
+#: weights; the gradients themselves are compared at every step, and the change over the run
+#: in norm.
+NOISE_FLOOR = 1e-7
+
+
+def _above_noise_floor(grads: list[dict[str, torch.Tensor]], name: str,
+                       value: torch.Tensor) -> torch.Tensor:
+    """The elements of weight ``name`` whose gradient stayed above ``NOISE_FLOOR`` (or was
+    exactly zero: no update at all) at every step; every element of a tensor that has no
+    gradient (buffers)."""
+    steady = torch.ones_like(value, dtype=torch.bool)
+    for step in grads:
+        if name in step:
+            grad = step[name].abs()
+            steady &= (grad >= NOISE_FLOOR) | (grad == 0)
+    return steady
+
+
 def assert_same_run(ddp: dict[str, Any], single: dict[str, Any], initial: dict[str, Any],
                     tolerance: float = 1e-5) -> None:
     """Both runs took the same steps.
@@ -226,9 +248,10 @@ def assert_same_run(ddp: dict[str, Any], single: dict[str, Any], initial: dict[s
     Every step's whole gradient agrees to ``tolerance`` (relative), each tensor's to
     ``10 x tolerance`` (small tensors such as BatchNorm weights carry relatively more float
     noise: ~1e-6 seen, against the O(1) errors of a wrong split), the final weights agree to
-    ``tolerance`` and their change over the run to ``10 x tolerance`` (AdamW divides each
-    gradient element by its own running magnitude, which enlarges the relative float noise of
-    elements near 0; ~3e-6 seen), and most weights did change.
+    ``tolerance`` element by element (except elements whose gradient came within
+    ``NOISE_FLOOR`` of zero, see there) and their change over the run to ``10 x tolerance`` in
+    norm (AdamW divides each gradient element by its own running magnitude, which enlarges the
+    relative float noise of elements near 0; ~3e-6 seen), and most weights did change.
     """
     assert len(ddp["grads"]) == len(single["grads"]) > 0
     for step, (got, want) in enumerate(zip(ddp["grads"], single["grads"])):
@@ -242,9 +265,13 @@ def assert_same_run(ddp: dict[str, Any], single: dict[str, Any], initial: dict[s
             else:  # e.g. the segmentation head in the step where no sample labels it
                 assert got[name].norm() < 1e-12, f"step {step} gradient of {name}"
     weights = {k: v for k, v in single["state"].items() if v.is_floating_point()}
+    compared = total = 0
     for name, value in weights.items():
-        torch.testing.assert_close(ddp["state"][name], value, rtol=tolerance, atol=tolerance,
-                                   msg=lambda m, name=name: f"final {name}: {m}")
+        steady = _above_noise_floor(single["grads"], name, value)
+        compared, total = compared + int(steady.sum()), total + steady.numel()
+        torch.testing.assert_close(ddp["state"][name][steady], value[steady], rtol=tolerance,
+                                   atol=tolerance, msg=lambda m, name=name: f"final {name}: {m}")
+    assert compared > 0.9 * total, f"only {compared} of {total} weights compared"
     change = {k: v - initial[k] for k, v in weights.items()}
     error = relative_error(_flat({k: ddp["state"][k] - initial[k] for k in weights}),
                            _flat(change))
