@@ -238,7 +238,7 @@ def test_predict_from_a_checkpoint_alone(fitted, tmp_path: Path, monkeypatch) ->
     main(["predict", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
           "--data.init_args.predict_images", str(images),
           "--trainer.enable_progress_bar", "false"])
-    (written,) = (run_dir / "predictions").glob("*/photo.json")  # predictions/<time>/
+    (written,) = (run_dir / "predictions").glob("*/photo.jpg.json")  # predictions/<time>/
     record = json.loads(written.read_text())
     assert record["size_hw"] == [60, 80] and "detection" in record
     assert (run_dir / "config.yaml").read_text() == config_before
@@ -270,7 +270,8 @@ def test_abbreviated_options_are_refused(tmp_path: Path, scenes_root: Path, caps
     ("option", "sentence"),
     [
         (["--data.init_args.image_size", "-8"], "image_size must be an integer"),
-        (["--data.init_args.tasks", "[depth]"], "unknown task"),
+        (["--data.init_args.tasks", "[keypoints]"], "unknown task"),
+        (["--data.init_args.tasks", "[depth]"], "only with data.init_args.dense true"),
         (["--model.balancer", "nowhere.Balancer"], "No module named 'nowhere'"),
         (["--data", "mtl_lightning.data.CocoDataModule", "--data.init_args.annotations",
           "missing.json", "--data.init_args.images", "."], "missing.json"),

@@ -80,7 +80,7 @@ def test_a_vit_checkpoint_records_its_normalisation_and_predict_and_export_use_i
                    "--prediction_writer.output_dir", str(out)])
     assert cli.model.normalize.mean.flatten().tolist() == pytest.approx(mean)
     assert cli.model.normalize.std.flatten().tolist() == pytest.approx(std)
-    record = json.loads((out / "photo.json").read_text())
+    record = json.loads((out / "photo.png.json").read_text())
     assert record["size_hw"] == [48, 80] and "segmentation" in record
 
     # The exported graph takes [0, 1] images and normalises them as training did.
