@@ -66,6 +66,7 @@ def test_peer_measurement_reports_a_ratio(scenes_root: Path) -> None:
     assert math.isfinite(result["ratio"]["median"]) and result["ratio"]["median"] > 0
     assert result["ours_ms"] > 0 and result["theirs_ms"] > 0
     assert result["max_abs_gradient_difference"] < 1e-2
+    assert result["precision"] == "32" and result["theirs_at_config_precision"] == "32: ok"
 
 
 def _shared_grads(side: OursUPGrad, batch: dict) -> list[torch.nn.Parameter]:

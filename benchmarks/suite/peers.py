@@ -149,11 +149,18 @@ def max_gradient_difference(ours: OursUPGrad, theirs: TheirsUPGrad, batch: dict)
 
 def peer_torchjd_upgrad(settings: Settings, device: str, config: Path,
                         args: list[str]) -> dict[str, Any]:
-    """Our UPGrad step / torchjd's, on the default model and batch (module docstring)."""
+    """Our UPGrad step / torchjd's, on the default model and batch (module docstring).
+
+    Both sides run in float32: torchjd's ``mtl_backward`` fails under bf16 autocast (its
+    vectorised backward meets bf16 features with float32 cotangents); whether it does is
+    recorded under ``theirs_at_config_precision`` (the module's own step runs in the config's
+    precision, which the suite's other keys measure)."""
     cli = build_cli(*args, PYRAMID_CLASSIFIER, config=config, device=device)
-    precision = str(cli.config.trainer.precision)
+    configured = str(cli.config.trainer.precision)
     batches = batches_in_memory(cli.datamodule.train_dataloader(),
                                 settings.in_memory_batches, device)
+    at_config = _theirs_at(configured, cli.model, batches[0], device)
+    precision = "32"
     ours = OursUPGrad(cli.model, precision, device)
     theirs = TheirsUPGrad(copy.deepcopy(cli.model), precision, device)
     difference = max_gradient_difference(ours, theirs, batches[0])
@@ -176,8 +183,18 @@ def peer_torchjd_upgrad(settings: Settings, device: str, config: Path,
         "theirs_ms": spread(ms["theirs"])["median"],
         "max_abs_gradient_difference": difference,
         "precision": precision,
+        "theirs_at_config_precision": at_config,
         "torchjd": _torchjd_version(),
     }
+
+
+def _theirs_at(precision: str, model: MultiTaskModule, batch: dict, device: str) -> str:
+    """``"ok"`` or the error of one torchjd step under ``precision``."""
+    try:
+        TheirsUPGrad(copy.deepcopy(model), precision, device).gradients(batch)
+    except RuntimeError as error:
+        return f"{precision}: {type(error).__name__}: {str(error).splitlines()[0]}"
+    return f"{precision}: ok"
 
 
 def _torchjd_version() -> str:
