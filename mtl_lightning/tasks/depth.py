@@ -27,14 +27,10 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from mtl_lightning.models.neck import Features
-from mtl_lightning.tasks.base import Task
-from mtl_lightning.tasks.dense_decoders import (
-    DecoderKind,
-    build_dense_decoder,
-    decoder_pyramid_levels,
-)
+from mtl_lightning.tasks.dense_decoders import DecoderKind
 from mtl_lightning.tasks.dense_drawing import colorize
 from mtl_lightning.tasks.dense_metrics import DepthAbsError, DepthDelta, DepthRelError, DepthRMSE
+from mtl_lightning.tasks.dense_task import DenseRegressionTask
 
 #: The smallest depth a log can be taken of (the silog loss).
 MIN_DEPTH = 1e-3
@@ -48,7 +44,7 @@ def depth_targets(targets: torch.Tensor) -> torch.Tensor:
     return targets[:, 0] if targets.dim() == 4 else targets
 
 
-class DepthTask(Task):
+class DepthTask(DenseRegressionTask):
     """Per-pixel depth regression.
 
     Args:
@@ -64,8 +60,7 @@ class DepthTask(Task):
     """
 
     name = "depth"
-    has_classes = False
-    draws_panel = True
+    out_channels = 1
     headline_metric = "delta1"
     lower_is_better = frozenset({"abs_err", "rel_err", "rmse"})
 
@@ -81,32 +76,16 @@ class DepthTask(Task):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
     ) -> None:
-        super().__init__(num_classes, class_names)
+        super().__init__(decoder_channels, decoder, aspp_rates, dropout, num_classes,
+                         class_names)
         if loss not in ("l1", "silog"):
             raise ValueError(f"depth.loss must be 'l1' or 'silog', got {loss!r}.")
-        self.decoder_channels = decoder_channels
-        if decoder not in ("fpn", "aspp"):
-            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
-        self.decoder_kind = decoder
-        self.aspp_rates = tuple(aspp_rates)
         self.loss_kind = loss
         self.silog_lambda = silog_lambda
-        self.dropout = dropout
         self.max_depth = max_depth
 
-    @property
-    def pyramid_levels(self) -> tuple[int, ...] | None:
-        return decoder_pyramid_levels(self.decoder_kind)
-
-    def build_head(
-        self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
-    ) -> None:
-        self.decoder = build_dense_decoder(
-            self.decoder_kind, 1, pyramid_channels, backbone_channels, self.decoder_channels,
-            self.dropout, self.aspp_rates)
-
     def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
-        return self.decoder(features, image_size)[:, 0]
+        return self.decode(features, image_size)[:, 0]
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         if not bool(has.any()):
@@ -120,9 +99,6 @@ class DepthTask(Task):
             return F.l1_loss(prediction, target)
         d = prediction.clamp(min=MIN_DEPTH).log() - target.log()
         return (d ** 2).mean() - self.silog_lambda * d.mean() ** 2
-
-    def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
-        return list(outputs.detach().float())
 
     def build_metrics(self, stage: str) -> MetricCollection:
         return MetricCollection({
@@ -143,13 +119,7 @@ class DepthTask(Task):
     ) -> torch.Tensor:
         if prediction.dim() == 3:  # a [1, H, W] target (ground truth drawn in overlays)
             prediction = prediction[0]
-        # ``from_size`` is the top-left region of the input that holds the image (a
-        # letterboxed input is padded at the bottom and right)
-        prediction = prediction[..., : from_size[0], : from_size[1]]
-        if tuple(prediction.shape[-2:]) == tuple(to_size):
-            return prediction
-        return F.interpolate(prediction[None, None].float(), size=to_size, mode="bilinear",
-                             align_corners=False)[0, 0]
+        return self.map_back(prediction[None], from_size, to_size)[0]
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
         """Summary statistics of the predicted depth, and how to read the map ``predict``

@@ -28,14 +28,10 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from mtl_lightning.models.neck import Features
-from mtl_lightning.tasks.base import Task
-from mtl_lightning.tasks.dense_decoders import (
-    DecoderKind,
-    build_dense_decoder,
-    decoder_pyramid_levels,
-)
+from mtl_lightning.tasks.dense_decoders import DecoderKind
 from mtl_lightning.tasks.dense_drawing import normals_to_rgb
 from mtl_lightning.tasks.dense_metrics import AngleMean, AngleMedian, AngleWithin, normal_angles
+from mtl_lightning.tasks.dense_task import DenseRegressionTask
 
 
 def valid_normals(targets: torch.Tensor) -> torch.Tensor:
@@ -43,7 +39,7 @@ def valid_normals(targets: torch.Tensor) -> torch.Tensor:
     return (targets.abs().sum(1) > 0) & torch.isfinite(targets).all(1)
 
 
-class NormalsTask(Task):
+class NormalsTask(DenseRegressionTask):
     """Per-pixel surface normal regression.
 
     Args:
@@ -56,8 +52,7 @@ class NormalsTask(Task):
     """
 
     name = "normals"
-    has_classes = False
-    draws_panel = True
+    out_channels = 3
     headline_metric = "within_11_25"
     lower_is_better = frozenset({"mean_angle", "median_angle"})
 
@@ -71,30 +66,14 @@ class NormalsTask(Task):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
     ) -> None:
-        super().__init__(num_classes, class_names)
+        super().__init__(decoder_channels, decoder, aspp_rates, dropout, num_classes,
+                         class_names)
         if loss not in ("cosine", "l1"):
             raise ValueError(f"normals.loss must be 'cosine' or 'l1', got {loss!r}.")
-        self.decoder_channels = decoder_channels
-        if decoder not in ("fpn", "aspp"):
-            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
-        self.decoder_kind = decoder
-        self.aspp_rates = tuple(aspp_rates)
         self.loss_kind = loss
-        self.dropout = dropout
-
-    @property
-    def pyramid_levels(self) -> tuple[int, ...] | None:
-        return decoder_pyramid_levels(self.decoder_kind)
-
-    def build_head(
-        self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
-    ) -> None:
-        self.decoder = build_dense_decoder(
-            self.decoder_kind, 3, pyramid_channels, backbone_channels, self.decoder_channels,
-            self.dropout, self.aspp_rates)
 
     def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
-        return F.normalize(self.decoder(features, image_size), dim=1)
+        return F.normalize(self.decode(features, image_size), dim=1)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         if not bool(has.any()):
@@ -108,9 +87,6 @@ class NormalsTask(Task):
         if self.loss_kind == "cosine":
             return (1 - (prediction * target).sum(-1)).mean()
         return F.l1_loss(prediction, target)
-
-    def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
-        return list(outputs.detach().float())
 
     def build_metrics(self, stage: str) -> MetricCollection:
         return MetricCollection({
@@ -131,14 +107,7 @@ class NormalsTask(Task):
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
     ) -> torch.Tensor:
-        # ``from_size`` is the top-left region of the input that holds the image (a
-        # letterboxed input is padded at the bottom and right)
-        prediction = prediction[..., : from_size[0], : from_size[1]]
-        if tuple(prediction.shape[-2:]) == tuple(to_size):
-            return prediction
-        resized = F.interpolate(prediction[None].float(), size=to_size, mode="bilinear",
-                                align_corners=False)[0]
-        return F.normalize(resized, dim=0)
+        return F.normalize(self.map_back(prediction, from_size, to_size), dim=0)
 
     def prediction_to_json(self, prediction: torch.Tensor) -> Any:
         """The mean predicted normal (the map itself is written as a file)."""
