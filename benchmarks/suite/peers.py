@@ -65,16 +65,31 @@ def task_losses(model: MultiTaskModule, batch: dict) -> tuple[dict, dict, list]:
     return losses, counts, pyramid
 
 
-class OursUPGrad:
-    """One step of the module's exact (parameter-source) UPGrad, outside Lightning."""
+class UPGradStep:
+    """One training step of ``model`` with AdamW (the module's settings) under ``precision``;
+    a subclass says how ``gradients`` fills ``.grad``."""
 
     def __init__(self, model: MultiTaskModule, precision: str, device: str) -> None:
         self.model, self.precision, self.device = model.to(device).train(), precision, device
-        self.balancer = UPGrad(source="parameters")
-        self.balancer.bind(list(model.tasks))
         hp = model.hparams
         self.optimizer = create_optimizer_v2(model, opt="adamw", lr=hp.lr,
                                              weight_decay=hp.weight_decay)
+
+    def gradients(self, batch: dict) -> None:
+        raise NotImplementedError
+
+    def step(self, batch: dict) -> None:
+        self.gradients(batch)
+        self.optimizer.step()
+
+
+class OursUPGrad(UPGradStep):
+    """The module's exact (parameter-source) UPGrad, outside Lightning."""
+
+    def __init__(self, model: MultiTaskModule, precision: str, device: str) -> None:
+        super().__init__(model, precision, device)
+        self.balancer = UPGrad(source="parameters")
+        self.balancer.bind(list(model.tasks))
 
     def gradients(self, batch: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -87,27 +102,20 @@ class OursUPGrad:
         write_combined_gradients(task_gradients, weights, structure, 1.0)
         self.model.architecture.representation = []
 
-    def step(self, batch: dict) -> None:
-        self.gradients(batch)
-        self.optimizer.step()
 
-
-class TheirsUPGrad:
-    """One step of torchjd's ``mtl_backward`` + ``jac_to_grad(UPGrad())``."""
+class TheirsUPGrad(UPGradStep):
+    """torchjd's ``mtl_backward`` + ``jac_to_grad(UPGrad())``."""
 
     def __init__(self, model: MultiTaskModule, precision: str, device: str) -> None:
         from torchjd.aggregation import UPGrad as TorchjdUPGrad
 
-        self.model, self.precision, self.device = model.to(device).train(), precision, device
+        super().__init__(model, precision, device)
         self.aggregator = TorchjdUPGrad()
         roles = model.architecture.roles()
         self.shared: list[nn.Parameter] = [p for p in roles.trunk + roles.shared
                                            if p.requires_grad]
         self.heads = [[p for p in task.parameters() if p.requires_grad]
                       for task in model.tasks.values()]
-        hp = model.hparams
-        self.optimizer = create_optimizer_v2(model, opt="adamw", lr=hp.lr,
-                                             weight_decay=hp.weight_decay)
 
     def gradients(self, batch: dict) -> None:
         from torchjd.autojac import jac_to_grad, mtl_backward
@@ -119,10 +127,6 @@ class TheirsUPGrad:
                      shared_params=self.shared)
         jac_to_grad(self.shared, self.aggregator)
         self.model.architecture.representation = []
-
-    def step(self, batch: dict) -> None:
-        self.gradients(batch)
-        self.optimizer.step()
 
 
 def max_gradient_difference(ours: OursUPGrad, theirs: TheirsUPGrad, batch: dict) -> float:
