@@ -23,17 +23,8 @@ from mtl_lightning.checkpoint_io import (
     write_checkpoint,
 )
 from mtl_lightning.cli import main
-from mtl_lightning.data import ScenesDataModule
 
 from .helpers import cli_args, load, run_dirs
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("scenes")
-    ScenesDataModule(root=str(root), image_size=32, num_train=16, num_val=8, num_test=8,
-                     num_classes=4, generator_workers=0).prepare_data()
-    return root
 
 
 def _disk_full_after(nbytes: int):

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from mtl_lightning.cli import run_cli
-from mtl_lightning.data import ScenesDataModule
 
 from .helpers import (
     PauseAtStep,
@@ -32,15 +31,6 @@ from .helpers import (
 )
 
 DWA = Path(__file__).resolve().parents[2] / "configs" / "balancer" / "dwa.yaml"
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Scenes data of the runs below, generated once."""
-    root = tmp_path_factory.mktemp("scenes")
-    ScenesDataModule(root=str(root), image_size=32, num_train=16, num_val=8, num_test=8,
-                     num_classes=4, generator_workers=0).prepare_data()
-    return root
 
 
 def _wait_for(marker: Path, process: subprocess.Popen, log: Path, timeout: float) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from mtl_lightning.cli import run_cli
-from mtl_lightning.data import ScenesDataModule
 
 from .helpers import (
     PauseUntilSigterm,
@@ -23,14 +22,6 @@ from .helpers import (
     load,
     run_dirs,
 )
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("scenes")
-    ScenesDataModule(root=str(root), image_size=32, num_train=16, num_val=8, num_test=8,
-                     num_classes=4, generator_workers=0).prepare_data()
-    return root
 
 
 @pytest.mark.slow
