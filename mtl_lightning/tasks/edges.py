@@ -66,7 +66,7 @@ class EdgeTask(Task):
         pos_weight: weight of the (rare) edge pixels in the binary cross-entropy.
     """
 
-    name = "edges"
+    type_name = "edges"
     headline_metric = "f1"
     auxiliary: ClassVar[bool] = True
     derived_from: ClassVar[str | None] = "segmentation"
