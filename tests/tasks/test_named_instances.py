@@ -38,9 +38,9 @@ def test_types_resolve_from_the_option_the_class_path_the_data_or_the_name() -> 
     assert task_class(path) is ForegroundTask and task_class("segmentation") is SegmentationTask
     assert ForegroundTask.type_name == path  # an unregistered class: its import path
     assert all(cls.type_name == key for key, cls in TASKS.items())
-    with pytest.raises(UnknownTaskError, match="Cannot import the task class 'nowhere.Task'"):
+    with pytest.raises(UnknownTaskError, match=r"Cannot import the task class 'nowhere\.Task'"):
         task_class("nowhere.Task")
-    with pytest.raises(UnknownTaskError, match="not a subclass of mtl_lightning.tasks.Task"):
+    with pytest.raises(UnknownTaskError, match=r"not a subclass of mtl_lightning\.tasks\.Task"):
         task_class("torch.nn.Linear")
     with pytest.raises(ValueError, match="both type and class_path"):
         type_name("x", {"type": "segmentation", "class_path": path})
@@ -89,7 +89,7 @@ def test_class_path_with_init_args_builds_an_outside_task_deriving_from_the_one_
     assert isinstance(task, ForegroundTask) and task.head_channels == 8 and task.name == "fg"
     assert task.source == "semseg"
     # two segmentation instances in the data: the source must be named
-    with pytest.raises(ValueError, match="several: drivable, lanes, semseg.*fg.source"):
+    with pytest.raises(ValueError, match=r"several: drivable, lanes, semseg.*fg\.source"):
         build_task("fg", {"class_path": path}, None, labelled=list(ROAD),
                    task_info={**ROAD, "semseg": {"type": "segmentation"}})
     chosen = build_task("fg", {"class_path": path, "source": "lanes"}, None,
