@@ -35,7 +35,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mtl_lightning.metrics import delta_m, lower_is_better_default, task_results
+from mtl_lightning.metrics import (
+    delta_m,
+    lower_is_better_default,
+    recorded_lower_is_better,
+    task_results,
+)
 from mtl_lightning.seed_statistics import paired_difference, summarize
 
 METRICS_FILE, RUN_FILE, CONFIG_FILE = "metrics.json", "run.json", "config.yaml"
@@ -178,8 +183,9 @@ def _row(run: dict[str, Any], role: str, stage: str, metrics: dict[str, list[str
                 f"cover {', '.join(sorted(reference))}: {covered}.")
     comparable = {t: m for t, m in results.items() if t in reference}
     if reference and comparable and not nan:
-        row["delta_m"] = delta_m(comparable, reference)
-        row["delta_m_tasks"] = delta_m(comparable, reference, average="tasks")
+        lower = recorded_lower_is_better(run["cost"])  # the metrics' own directions
+        row["delta_m"] = delta_m(comparable, reference, lower)
+        row["delta_m_tasks"] = delta_m(comparable, reference, lower, average="tasks")
     elif reference and comparable:
         row["delta_m"] = row["delta_m_tasks"] = None
     for key in ("params/total", "train/images_per_second", "fit/seconds"):
@@ -273,8 +279,9 @@ def compare(run_dirs: Sequence[Path | str], baseline_dirs: Sequence[Path | str],
         warnings.append(f"The runs do not have the same tasks ({listing}): their columns "
                         "are not comparable side by side.")
     methods = summarize_methods(rows, reference, warnings)
+    recorded = {run["path"]: recorded_lower_is_better(run["cost"]) for run in baselines + runs}
     lower = sorted({f"{t}/{m}" for row in rows for t, ms in row["results"].items() for m in ms
-                    if m in lower_is_better_default(t)})
+                    if m in recorded[row["path"]].get(t, lower_is_better_default(t))})
     return {"stage": stage, "baselines": reference_values, "rows": rows, "lower_is_better": lower,
             "reference": reference if any(m["method"] == reference for m in methods) else None,
             "methods": methods, "warnings": warnings}

@@ -17,10 +17,11 @@ Both are returned in percent, as the papers report them. Results are nested mapp
 ``{task: {metric: value}}``; :func:`task_results` builds them from the flat
 ``{stage}/{task}/{metric}`` keys of ``metrics.json``.
 
-A metric's direction comes from the metric itself where the object is at hand (torchmetrics'
-``higher_is_better``, see :func:`lower_is_better_of`); from names alone (a ``metrics.json``)
-it is what the task class declares (``Task.lower_is_better``) plus :data:`LOWER_BY_NAME`, the
-table of metric names that are errors or losses wherever they appear.
+A metric's direction comes from the metric itself (torchmetrics' ``higher_is_better``, see
+:func:`lower_is_better_of`): the module reads it from its metric objects, and ``run.json``
+records it per task instance (``lower_is_better``), so ``compare`` works from a run's files
+alone. For files without that record, :data:`LOWER_BY_NAME`, the table of metric names that
+are errors or losses wherever they appear, decides.
 """
 
 from __future__ import annotations
@@ -42,10 +43,21 @@ LOWER_BY_NAME = frozenset({
 
 
 def lower_is_better_default(task: str) -> frozenset[str]:
-    """Metrics of ``task`` where lower is better: what its Task class declares, plus every
-    name in :data:`LOWER_BY_NAME`."""
-    declared = TASKS[task].lower_is_better if task in TASKS else frozenset()
-    return frozenset(declared) | LOWER_BY_NAME
+    """Metrics of ``task`` where lower is better when nothing recorded their direction (a
+    ``metrics.json`` without its ``run.json``): every name in :data:`LOWER_BY_NAME`, for any
+    task instance (its name does not say its type)."""
+    return LOWER_BY_NAME
+
+
+def recorded_lower_is_better(run_record: Mapping[str, object]) -> dict[str, frozenset[str]]:
+    """``{task: metric names where lower is better}`` as a run recorded them in
+    ``run.json`` (``lower_is_better``, written from the metrics' own ``higher_is_better``);
+    empty for a run that recorded none."""
+    recorded = run_record.get("lower_is_better")
+    if not isinstance(recorded, Mapping):
+        return {}
+    return {str(task): frozenset(map(str, names)) for task, names in recorded.items()
+            if isinstance(names, (list, tuple))}
 
 
 def lower_is_better_of(metrics: Mapping[str, object]) -> frozenset[str]:

@@ -40,7 +40,7 @@ from mtl_lightning.balancing.task_gradients import (
     compute_task_gradients,
     write_combined_gradients,
 )
-from mtl_lightning.metrics import delta_m
+from mtl_lightning.metrics import delta_m, lower_is_better_of
 from mtl_lightning.models import Backbone
 from mtl_lightning.models.architectures import build_architecture
 from mtl_lightning.models.input_normalization import InputNormalization, fill_legacy_statistics
@@ -587,6 +587,13 @@ class MultiTaskModule(LightningModule):
         flag = torch.tensor(float(updated), device=self.device)
         return bool(self.trainer.strategy.reduce(flag, reduce_op="sum") > 0)
 
+    def lower_is_better(self) -> dict[str, list[str]]:
+        """Each task's metric names where lower is better, as its metrics declare it
+        (torchmetrics' ``higher_is_better``), and its loss; ``run.json`` records it."""
+        return {name: sorted(lower_is_better_of(self.tasks[name].build_metrics("val"))
+                             | {"loss"})
+                for name in self.tasks}
+
     def _log_delta_m(self, stage: str, computed: dict[str, dict[str, float]]) -> None:
         """``{stage}/mtl/delta_m`` against ``model.baselines`` (Maninis et al. 2019), over the
         baseline metrics this epoch computed; checkpoint selection may monitor it."""
@@ -596,7 +603,7 @@ class MultiTaskModule(LightningModule):
         }
         results = {task: values for task, values in results.items() if values}
         if results:
-            value = delta_m(results, self.hparams.baselines)
+            value = delta_m(results, self.hparams.baselines, self.lower_is_better())
             self.log(f"{stage}/mtl/delta_m", torch.tensor(value), sync_dist=False)
 
     # ------------------------------------------------------------ optimisation

@@ -79,6 +79,12 @@ class RunStatistics(Callback):
             "headline_metrics": {name: task.headline_metric
                                  for name, task in getattr(pl_module, "tasks", {}).items()
                                  if not task.auxiliary},
+            # each task's type and the direction of each of its metrics (from the metrics'
+            # own higher_is_better): `compare` needs no task registry to read them
+            "task_types": {name: task.type_name
+                           for name, task in getattr(pl_module, "tasks", {}).items()},
+            **({"lower_is_better": pl_module.lower_is_better()}
+               if hasattr(pl_module, "lower_is_better") else {}),
         }
         path = run_directory(trainer) / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,9 +48,6 @@ class Task(nn.Module, ABC):
     name: str
     #: The metric that summarises this task (higher is better), used for ``{stage}/mtl/score``.
     headline_metric: ClassVar[str]
-    #: Metric names where lower is better, for a metric that does not say so itself
-    #: (torchmetrics' ``higher_is_better``, which wins where it is set).
-    lower_is_better: ClassVar[frozenset[str]] = frozenset()
     #: Whether training batches update metrics too (``model.train_metrics``); off for a task
     #: whose metric is too costly to run every step (detection mAP).
     metrics_on_train: ClassVar[bool] = True

@@ -63,7 +63,6 @@ class DepthTask(DenseRegressionTask):
     type_name = "depth"
     out_channels = 1
     headline_metric = "delta1"
-    lower_is_better = frozenset({"abs_err", "rel_err", "rmse"})
 
     @classmethod
     def target_type(cls) -> type:

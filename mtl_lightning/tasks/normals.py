@@ -55,7 +55,6 @@ class NormalsTask(DenseRegressionTask):
     type_name = "normals"
     out_channels = 3
     headline_metric = "within_11_25"
-    lower_is_better = frozenset({"mean_angle", "median_angle"})
 
     @classmethod
     def target_type(cls) -> type:
