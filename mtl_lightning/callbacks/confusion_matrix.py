@@ -31,6 +31,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mtl_lightning.callbacks.metrics_report import run_directory
+from mtl_lightning.tasks.classification import ClassificationTask
 
 CELL = 56
 MARGIN = 110
@@ -78,7 +79,8 @@ class ConfusionMatrix(Callback):
     """Confusion matrix of a single-label classification task on the validation data.
 
     Args:
-        task: name of the classification task.
+        task: instance name of the classification task; ``None``: the model's first
+            single-label classification task.
         every_n_epochs: compute it at every n-th validation epoch.
         save_png: write ``<run dir>/confusion_matrix/epochNNN.png``.
         log_to_wandb: log the W&B confusion-matrix chart and picture when a W&B logger is
@@ -86,7 +88,7 @@ class ConfusionMatrix(Callback):
     """
 
     def __init__(
-        self, task: str = "classification", every_n_epochs: int = 1, save_png: bool = True,
+        self, task: str | None = None, every_n_epochs: int = 1, save_png: bool = True,
         log_to_wandb: bool = True,
     ) -> None:
         self.task = task
@@ -98,8 +100,12 @@ class ConfusionMatrix(Callback):
         self._logits: torch.Tensor | None = None
 
     def _wanted_task(self, trainer: Trainer, pl_module: LightningModule) -> Any:
-        tasks = getattr(pl_module, "tasks", {})
-        task = dict(tasks.items()).get(self.task)
+        tasks = dict(getattr(pl_module, "tasks", {}).items())
+        if self.task is None:  # the first single-label classification task, if any
+            self.task = next((name for name, candidate in tasks.items()
+                              if isinstance(candidate, ClassificationTask)
+                              and not candidate.multilabel), "")
+        task = tasks.get(self.task)
         if task is None or getattr(task, "multilabel", False) or trainer.sanity_checking:
             return None
         if not (self.save_png or self.log_to_wandb):

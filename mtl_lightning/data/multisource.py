@@ -58,10 +58,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
-from torchvision import tv_tensors
 
 from mtl_lightning.data.coco import (
-    IGNORE_INDEX,
     TASK_NAMES,
     CocoMultiTaskDataset,
     copy_containers,
@@ -77,6 +75,7 @@ from mtl_lightning.data.sources import (
     placeholder_target,
 )
 from mtl_lightning.data.workers import freeze_in_worker
+from mtl_lightning.tasks import task_class
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -216,14 +215,16 @@ def reconcile_classes(
         for source in labelling:
             names = source.classes[task]
             if names != reference:
-                remaps[source.name][task] = _lookup(task, names, reference, background)
+                remaps[source.name][task] = task_class(task).class_lookup(names, reference,
+                                                                          background)
         task_info[task] = {"num_classes": len(reference), "class_names": reference}
     return task_info, remaps
 
 
 def _common_background(task: str, labelling: Sequence[Source]) -> bool:
-    """Whether the segmentation sources have a background class (they must agree)."""
-    if task != "segmentation":
+    """Whether the sources of a task whose class 0 is a background (segmentation) have a
+    background class (they must agree)."""
+    if not task_class(task).background_class:
         return False
     with_background = {s.name for s in labelling if s.background}
     if with_background and len(with_background) < len(labelling):
@@ -252,34 +253,13 @@ def _warn_missing(
         )
 
 
-def _lookup(
-    task: str, names: list[str], reference: list[str], background: bool = True
-) -> torch.Tensor:
-    index = {name: i for i, name in enumerate(reference)}
-    if task != "segmentation":
-        return torch.tensor([index[name] for name in names], dtype=torch.int64)
-    lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
-    if background:
-        lookup[0] = 0
-    for value, name in enumerate(names[int(background):], start=int(background)):
-        lookup[value] = index[name]
-    return lookup
-
-
 def remap_target(
     task: str, target: Any, lookup: torch.Tensor, num_classes: int | None = None
 ) -> Any:
-    """A labelled target with its class indices mapped through ``lookup`` (a multi-hot
-    vector grows to ``num_classes``, the module's class count)."""
-    if task == "segmentation":
-        return tv_tensors.wrap(lookup[target.long()], like=target)
-    if task == "detection":
-        return {**target, "labels": lookup[target["labels"]]}
-    if target.ndim == 0:  # class index
-        return lookup[target]
-    remapped = target.new_zeros(num_classes or len(target))  # multi-hot vector
-    remapped[lookup] = target
-    return remapped
+    """A labelled target of task (type) ``task`` with its class indices mapped through
+    ``lookup``, as the task type does it (a multi-hot vector grows to ``num_classes``, the
+    module's class count)."""
+    return task_class(task).remap_target(target, lookup, num_classes)
 
 
 class SourceDataset(Dataset):

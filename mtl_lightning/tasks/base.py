@@ -92,6 +92,27 @@ class Task(nn.Module, ABC):
             "leaves it unlabelled needs one (define placeholder_target)."
         )
 
+    #: Whether class 0 is a background class, matched by position (whatever its name) when
+    #: sources' class lists are reconciled (segmentation).
+    background_class: ClassVar[bool] = False
+
+    @classmethod
+    def class_lookup(cls, names: list[str], reference: list[str],
+                     background: bool = False) -> torch.Tensor:
+        """``lookup[source_label] == module_label``: a source's class indices (``names``)
+        in the module's order (``reference``), matched by name, for :meth:`remap_target`."""
+        index = {name: i for i, name in enumerate(reference)}
+        return torch.tensor([index[name] for name in names], dtype=torch.int64)
+
+    @classmethod
+    def remap_target(cls, target: Any, lookup: torch.Tensor,
+                     num_classes: int | None = None) -> Any:
+        """A labelled target with its class indices mapped through ``lookup`` (from
+        :meth:`class_lookup`); ``num_classes`` is the module's class count."""
+        raise NotImplementedError(
+            f"Task type '{cls.type_name}' cannot remap classes between data sources."
+        )
+
     def target_as_prediction(self, target: Any, crowd: bool = False) -> Any:
         """One sample's target in the form ``draw`` and ``prediction_to_json`` take, so the
         ground truth is drawn like a prediction. ``crowd``: keep regions that no metric

@@ -183,6 +183,16 @@ class ClassificationTask(Task):
         """-1: no class."""
         return torch.tensor(-1)
 
+    @classmethod
+    def remap_target(cls, target: torch.Tensor, lookup: torch.Tensor,
+                     num_classes: int | None = None) -> torch.Tensor:
+        """A class index through ``lookup``; a multi-hot vector grows to ``num_classes``."""
+        if target.ndim == 0:
+            return lookup[target]
+        remapped = target.new_zeros(num_classes or len(target))
+        remapped[lookup] = target
+        return remapped
+
     def target_as_prediction(self, target: torch.Tensor, crowd: bool = False) -> Any:
         """A class index or a multi-hot vector -> ``{"labels", "scores"}`` with scores of 1
         and ``"ground_truth": True`` (pictures then leave the scores out)."""

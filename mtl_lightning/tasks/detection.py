@@ -314,6 +314,11 @@ class DetectionTask(Task):
             "labels": torch.zeros(0, dtype=torch.int64),
         }
 
+    @classmethod
+    def remap_target(cls, target: dict[str, torch.Tensor], lookup: torch.Tensor,
+                     num_classes: int | None = None) -> dict[str, torch.Tensor]:
+        return {**target, "labels": lookup[target["labels"]]}
+
     def target_as_prediction(self, target: dict[str, torch.Tensor],
                              crowd: bool = False) -> dict[str, torch.Tensor]:
         """Boxes with scores of 1 and ``"ground_truth": True``; crowd regions are left out,

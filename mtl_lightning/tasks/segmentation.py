@@ -146,6 +146,26 @@ class SegmentationTask(Task):
         """An all-ignore (255) mask of the image's size."""
         return tv_tensors.Mask(torch.full((height, width), IGNORE_INDEX, dtype=torch.uint8))
 
+    background_class = True
+
+    @classmethod
+    def class_lookup(cls, names: list[str], reference: list[str],
+                     background: bool = False) -> torch.Tensor:
+        """Over all 256 mask values: class names matched by name, value 0 kept as background
+        (``background``), every other value ignored (255)."""
+        index = {name: i for i, name in enumerate(reference)}
+        lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
+        if background:
+            lookup[0] = 0
+        for value, name in enumerate(names[int(background):], start=int(background)):
+            lookup[value] = index[name]
+        return lookup
+
+    @classmethod
+    def remap_target(cls, target: torch.Tensor, lookup: torch.Tensor,
+                     num_classes: int | None = None) -> torch.Tensor:
+        return tv_tensors.wrap(lookup[target.long()], like=target)
+
     def target_as_prediction(self, target: torch.Tensor, crowd: bool = False) -> torch.Tensor:
         return target.long()
 
