@@ -46,12 +46,38 @@ from mtl_lightning.data.validation import DataError, load_and_validate
 
 #: The task instances a COCO file labels by itself, named after their registered types
 #: (image labels: classification, masks: segmentation, boxes: detection); any other task of
-#: ``tasks`` is a dense-map task (``dense_maps``).
+#: ``tasks`` is a dense-map task (``dense_maps``). With :func:`coco_task_info` and
+#: :meth:`CocoMultiTaskDataset.decoded_sample` this is where the COCO reader says which task
+#: types its format supplies.
 TASK_NAMES = ("classification", "segmentation", "detection")
+
+
+def coco_task_info(image_class_names: list[str], category_names: list[str],
+                   category_ids: list[int], multilabel: bool | None = None,
+                   ) -> dict[str, dict[str, Any]]:
+    """``task_info`` of the tasks a COCO file labels (:data:`TASK_NAMES`): the image classes,
+    the categories with a background first (segmentation), the categories (detection), with
+    the original category ids. ``multilabel`` (image labels derived from the categories, see
+    the module docstring) is recorded when given."""
+    classification: dict[str, Any] = {"num_classes": len(image_class_names),
+                                      "class_names": list(image_class_names)}
+    if multilabel is not None:
+        classification["multilabel"] = multilabel
+        if multilabel:
+            classification["category_ids"] = list(category_ids)
+    return {
+        "classification": classification,
+        "segmentation": {"num_classes": len(category_names) + 1,
+                         "class_names": ["background", *category_names],
+                         "category_ids": segmentation_category_ids(list(category_ids))},
+        "detection": {"num_classes": len(category_names), "class_names": list(category_names),
+                      "category_ids": list(category_ids)},
+    }
 
 # Re-exported: the data modules import them from here.
 __all__ = ["IGNORE_INDEX", "TASK_NAMES", "CocoMultiTaskDataset", "ImageLabels", "ImageRecord",
-           "image_class_names", "resolve_image_labels", "segmentation_category_ids"]
+           "coco_task_info", "image_class_names", "resolve_image_labels",
+           "segmentation_category_ids"]
 
 
 def segmentation_category_ids(category_ids: list[int]) -> list[int | None]:

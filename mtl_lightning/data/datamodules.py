@@ -23,9 +23,9 @@ from mtl_lightning.data.coco import (
     TASK_NAMES,
     CocoMultiTaskDataset,
     ImageLabels,
+    coco_task_info,
     image_class_names,
     resolve_image_labels,
-    segmentation_category_ids,
 )
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
@@ -291,16 +291,8 @@ class ScenesDataModule(MultiTaskDataModule):
     def task_info(self) -> dict[str, dict[str, Any]]:
         objects = list(self.config.class_names)
         ids = list(range(1, len(objects) + 1))  # COCO category ids of the written dataset
-        info = {
-            "classification": {"num_classes": len(self.config.image_class_names),
-                               "class_names": list(self.config.image_class_names)},
-            "segmentation": {"num_classes": len(objects) + 1,
-                             "class_names": ["background", *objects],
-                             "category_ids": [0, *ids]},
-            "detection": {"num_classes": len(objects), "class_names": objects,
-                          "category_ids": ids},
-            "depth": {}, "normals": {},  # regression tasks: no classes
-        }
+        info = coco_task_info(list(self.config.image_class_names), objects, ids)
+        info.update({task: {} for task in DENSE_TASK_NAMES})  # regression: no classes
         return {task: info[task] for task in self.tasks}
 
     def prepare_data(self) -> None:
@@ -462,19 +454,8 @@ class CocoDataModule(MultiTaskDataModule):
 
     @property
     def task_info(self) -> dict[str, dict[str, Any]]:
-        names, ids = self.category_names, self.category_ids
-        info = {
-            "classification": {
-                "num_classes": len(self.image_class_names),
-                "class_names": list(self.image_class_names),
-                "multilabel": self.image_labels == "derived",
-                **({"category_ids": ids} if self.image_labels == "derived" else {}),
-            },
-            "segmentation": {"num_classes": len(names) + 1, "class_names": ["background", *names],
-                             "category_ids": segmentation_category_ids(ids)},
-            "detection": {"num_classes": len(names), "class_names": list(names),
-                          "category_ids": list(ids)},
-        }
+        info = coco_task_info(self.image_class_names, self.category_names, self.category_ids,
+                              multilabel=self.image_labels == "derived")
         dense = self.dense_maps if self.dense_maps is not None else self.file_dense_maps
         for task, entry in (dense or {}).items():  # regression tasks: no classes
             info[task] = {"type": entry["type"]} if "type" in (entry or {}) else {}

@@ -62,6 +62,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from mtl_lightning.data.coco import (
     TASK_NAMES,
     CocoMultiTaskDataset,
+    coco_task_info,
     copy_containers,
     tensor_bytes,
 )
@@ -105,14 +106,13 @@ class Source:
 
 
 def _coco_classes(reader: CocoMultiTaskDataset) -> dict[str, list[str]]:
-    names = {
-        "classification": reader.image_class_names,
-        "segmentation": ["background", *reader.category_names],
-        "detection": reader.category_names,
-    }
-    labelled = [t for t in reader.tasks if (reader.category_names if t != "classification"
-                                             else reader.image_class_names)]
-    return {task: list(names[task]) for task in labelled}
+    """The class names of each task the COCO source labels (a task without classes in the
+    file, e.g. classification of a file with no image labels, is not labelled)."""
+    info = coco_task_info(reader.image_class_names, reader.category_names,
+                          reader.category_ids)
+    names = {task: entry["class_names"] for task, entry in info.items()}
+    return {task: list(names[task]) for task in reader.tasks if task in names
+            and names[task][int(task_class(task).background_class):]}
 
 
 def build_source(spec: Mapping[str, Any], position: int) -> Source:

@@ -25,7 +25,9 @@ What would differ for reasons that have nothing to do with balancing, and how it
   bias receive gradients). See :class:`FreezeBatchNorm`.
 - Detection is left out: its focal loss is normalised by the number of objects in the batch
   (a batch statistic, like BatchNorm), so it is not a mean over samples. Classification and
-  segmentation (no ignore pixels, equal image sizes) are sample means.
+  segmentation (no ignore pixels, equal image sizes) are sample means; so is depth, whose L1
+  loss is a mean over valid pixels: every sample has the same invalid (0) block, hence the
+  same number of valid pixels.
 - Data order: the data is a fixed in-memory list without augmentation. Lightning's automatic
   sampler is no use here: it always *shuffles* a training loader's ``DistributedSampler``
   (even when the loader is sequential). :class:`FixedData` gives each process a
@@ -82,13 +84,16 @@ IMAGE_SIZE = 32
 TASK_INFO = {
     "classification": {"num_classes": 3, "class_names": ["a", "b", "c"]},
     "segmentation": {"num_classes": 4},
+    "depth": {},
 }
 # Labelled samples per global batch of 8 (samples 8k..8k+7; rank 0 reads the even ones):
 # step 0 everything; step 1 segmentation only on rank 1 and classification 3 + 1 (unequal
-# shares); step 2 each rank labels a different task; step 3 segmentation nowhere.
+# shares); step 2 each rank labels a different task; step 3 segmentation nowhere. Depth:
+# step 1 on rank 0 only, step 2 unequal shares (3 + 1), step 3 one sample.
 LABELS = {
     "classification": [range(0, 8), [8, 10, 12, 9], range(16, 24, 2), range(24, 32)],
     "segmentation": [range(0, 8), range(9, 16, 2), range(17, 24, 2), []],
+    "depth": [range(0, 8), range(8, 16, 2), [16, 18, 20, 17], [27]],
 }
 
 
@@ -101,6 +106,13 @@ def _one_thread_restored_flags() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+
+
+def _depth_map(generator: torch.Generator) -> torch.Tensor:
+    depth = torch.rand(1, 4, 4, generator=generator).add(0.5).repeat_interleave(
+        8, 1).repeat_interleave(8, 2)
+    depth[:, :8, :8] = 0.0
+    return depth
 
 
 def make_samples(num: int = 32, seed: int = 0) -> list[dict[str, Any]]:
@@ -117,6 +129,8 @@ def make_samples(num: int = 32, seed: int = 0) -> list[dict[str, Any]]:
                 # 8x8 blocks of one class, upsampled: learnable, and no ignore pixels (255).
                 "segmentation": torch.randint(0, 4, (4, 4), generator=generator, dtype=torch.uint8)
                 .repeat_interleave(8, 0).repeat_interleave(8, 1),
+                # [1, H, W] depth with the same invalid (0) 8x8 block in every sample
+                "depth": _depth_map(generator),
             },
             "has": {task: torch.tensor(i in labelled[task]) for task in TASK_INFO},
         })
@@ -128,7 +142,8 @@ def make_model(balancer: Balancer, seed: int = 0) -> MultiTaskModule:
     seed_everything(seed, verbose=False)
     return MultiTaskModule(
         task_info=TASK_INFO,
-        tasks={"classification": None, "segmentation": {"decoder_channels": 8}},
+        tasks={"classification": None, "segmentation": {"decoder_channels": 8},
+               "depth": {"decoder_channels": 8}},
         backbone="resnet18",
         backbone_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8},
         neck_channels=8, balancer=balancer, train_metrics=False, lr=1e-2,
@@ -290,6 +305,10 @@ def test_samples_split_over_ranks_as_designed() -> None:
     assert sum(has["classification"][i] for i in rank0) == 3
     assert sum(has["classification"][i] for i in rank1) == 1
     assert not any(has["segmentation"][24:32])
+    assert all(has["depth"][i] for i in rank0) and not any(has["depth"][i] for i in rank1)
+    assert sum(has["depth"][i] for i in range(16, 24, 2)) == 3
+    assert sum(has["depth"][i] for i in range(17, 24, 2)) == 1
+    assert all(int((s["targets"]["depth"] > 0).sum()) == IMAGE_SIZE ** 2 - 64 for s in samples)
     assert all((s["targets"]["segmentation"] < 4).all() for s in samples)
 
 
