@@ -22,7 +22,8 @@ class StagedTraining(Callback):
     """Freeze parts of the model until a given epoch.
 
     Args:
-        freeze_until: part -> first epoch (0-based) in which it trains, e.g.
+        freeze_until: part (an architecture part or a task's instance name) -> first epoch
+            (0-based) in which it trains, e.g.
             ``{"backbone": 2, "detection": 1}``: the backbone trains from epoch 2 on, the
             detection head from epoch 1 on.
     """
