@@ -3,8 +3,8 @@
 At the start of ``fit`` (also ``validate`` and ``test``), with a W&B logger, this callback
 
 - defines summaries (``define_metric``) so that the runs table and the run overview show the
-  best validation value of each task's headline metric (``max``, or ``min`` for a metric the
-  task lists in ``lower_is_better``) and of ``val/mtl/score``, and the lowest validation
+  best validation value of each task's headline metric (``max``, or ``min`` for a metric that
+  declares ``higher_is_better=False``) and of ``val/mtl/score``, and the lowest validation
   losses, next to the last values;
 - writes the resolved CLI config (``config.yaml`` of the run directory, flattened to the
   CLI's dotted option names such as ``model.lr``, the same names a sweep uses) into the run
@@ -71,10 +71,13 @@ def summary_definitions(pl_module: LightningModule) -> dict[str, str]:
     """Metric key -> W&B summary (``max,last`` or ``min,last``) for the validation keys that
     judge a run: each task's headline metric and loss, ``val/mtl/score`` and ``val/mtl/loss``."""
     definitions = {"val/mtl/score": "max,last", "val/mtl/loss": "min,last"}
+    # the directions the metrics declare (MultiTaskModule.lower_is_better), else the task's
+    directions = (pl_module.lower_is_better()
+                  if callable(getattr(pl_module, "lower_is_better", None)) else {})
     for name, task in getattr(pl_module, "tasks", {}).items():
         headline = getattr(task, "headline_metric", None)
         if headline:
-            lower = headline in getattr(task, "lower_is_better", frozenset())
+            lower = headline in directions.get(name, getattr(task, "lower_is_better", ()))
             definitions[f"val/{name}/{headline}"] = "min,last" if lower else "max,last"
         definitions[f"val/{name}/loss"] = "min,last"
     return definitions

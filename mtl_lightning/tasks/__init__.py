@@ -43,7 +43,7 @@ def task_class(type_or_class_path: str) -> type[Task]:
     module_name, _, class_name = type_or_class_path.rpartition(".")
     if not module_name:
         raise UnknownTaskError(
-            f"Unknown task type '{type_or_class_path}'; available types: "
+            f"Unknown task type '{type_or_class_path}'; available tasks: "
             f"{', '.join(sorted(TASKS))} (or a class_path such as my_project.tasks.MyTask)."
         )
     try:
