@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -68,6 +69,10 @@ def test_the_readme_is_a_short_front_page_that_links_every_guide() -> None:
         assert f"docs/{page}" in linked, f"the README does not link the {guide} guide"
     for target in linked:  # every link of the README points at a page that exists
         assert (REPO / target).is_file(), target
+    # Its count of balancing methods is the number of classes configs/balancer/ names.
+    classes = {yaml.safe_load(p.read_text())["class_path"]
+               for p in (REPO / "configs" / "balancer").glob("*.yaml")}
+    assert f"**{len(classes)} balancing methods**" in readme
 
 
 def test_the_manual_keeps_every_command_of_the_old_readme() -> None:
