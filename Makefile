@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make train   create .venv if missing, install, run the default job (Scenes benchmark)
 #   make test    create .venv if missing, install, run the whole test suite
+#   make docs    build the manual (docs/ + mkdocs.yml) into site/, warnings as errors
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train smoke test lint clean
+.PHONY: train smoke test lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,5 +28,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mtl_lightning tests benchmarks
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs data/scenes .pytest_cache .ruff_cache
+	rm -rf runs data/scenes site .pytest_cache .ruff_cache

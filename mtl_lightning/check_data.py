@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 
+from mtl_lightning.commands import UsageError, tool_main
 from mtl_lightning.data.image_labels import ImageLabels
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
 from mtl_lightning.data.validation import DataError, DataReport, load_coco_json, validate_coco
@@ -125,7 +126,9 @@ def _pairs_from_config(config: str) -> tuple[str, list[tuple[str, str]], dict[st
     return class_path, pairs, init_args
 
 
-def _parser() -> ArgumentParser:
+def parser() -> ArgumentParser:
+    """The options of ``mtl-lightning check-data`` (a sub-command of
+    :mod:`mtl_lightning.commands`)."""
     parser = ArgumentParser(
         prog="mtl-lightning check-data",
         description="Validate COCO annotation files (and their images) before training: "
@@ -157,15 +160,11 @@ def _parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``check-data`` on ``argv`` (without the program name); returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["check-data"]:
-        argv = argv[1:]
-    parser = _parser()
-    args = parser.parse_args(argv)
+def run(args: Namespace) -> int:
+    """Check the files named by parsed options ``args``; returns the exit code (1 when a file
+    has a fatal problem)."""
     if args.config is None and (args.annotations is None or args.images is None):
-        parser.error("give --annotations FILE and --images DIR, or --config CONFIG.yaml.")
+        raise UsageError("give --annotations FILE and --images DIR, or --config CONFIG.yaml.")
     options: dict[str, Any] = {"max_pixels": args.max_image_pixels, "decode": args.decode,
                                **{key: args[key] for key in DATA_OPTIONS}}
     pairs = [(args.annotations, args.images)]
@@ -201,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     print("check-data: fatal problems found; fix them before training." if failed
           else "check-data: no fatal problems.")
     return int(failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtl-lightning check-data`` with ``argv`` (its options); returns the exit code."""
+    return tool_main("check-data", argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,5 @@
 """The command line: ``mtl-lightning fit|validate|test|predict --config configs/default.yaml``,
-and ``mtl-lightning check-data`` (see ``check_data.py``).
+and the tools ``mtl-lightning check-data|compare|export`` (see ``commands.py``).
 
 A LightningCLI whose data module is chosen by class path and whose model is the
 MultiTaskModule. On top of Lightning's CLI it:
@@ -20,10 +20,15 @@ MultiTaskModule. On top of Lightning's CLI it:
   uninterrupted one;
 - ``fit --ckpt_path last`` continues the latest run under ``trainer.default_root_dir`` (or
   the run named by ``--run_name``) in its own directory, from its ``checkpoints/last.ckpt``;
-- ``mtl-lightning compare`` puts runs side by side with delta_m (``compare.py``), from
-  ``metrics.json`` and the ``run.json`` that the ``run_statistics`` callback writes;
-- ``mtl-lightning export`` writes a checkpoint's model to ONNX / TorchScript (``export.py``);
+- ``mtl-lightning check-data``, ``compare`` and ``export`` are the tool sub-commands of
+  ``commands.py`` (jsonargparse sub-commands of one parser): ``compare`` puts runs side by
+  side with delta_m (``compare.py``) from ``metrics.json`` and the ``run.json`` that the
+  ``run_statistics`` callback writes; ``export`` writes a checkpoint's model to ONNX /
+  TorchScript (``export.py``);
 - with ``test_after_fit: true``, tests the best checkpoint when ``fit`` ends;
+- after ``validate`` and ``test`` prints one table, the report's per-task one, instead of
+  Lightning's table of the same numbers as raw floats (``--report.print_table false``
+  brings Lightning's back);
 - writes checkpoints all or nothing and refuses files that are not checkpoints of this
   project in one sentence (``checkpoint_io.py``);
 - on SIGTERM / SIGINT during ``fit`` saves ``last.ckpt``, prints the resume command and exits
@@ -71,7 +76,8 @@ from mtl_lightning.callbacks.prediction_writer import skipped_images_error
 from mtl_lightning.callbacks.random_state import RandomState
 from mtl_lightning.callbacks.schedule_check import ScheduleCheck
 from mtl_lightning.checkpoint_io import CheckpointWriteError, SafeCheckpointIO, read_checkpoint
-from mtl_lightning.cli_errors import inner_sentence
+from mtl_lightning.cli_errors import USER_ERRORS, inner_sentence, one_line
+from mtl_lightning.commands import TOOLS, run_tool
 from mtl_lightning.loggers import resume_wandb_run
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.runs import (
@@ -203,6 +209,24 @@ class MultiTaskCLI(LightningCLI):
         self.datamodule.prepare_data = nothing
         self.datamodule.setup = nothing
 
+    def before_validate(self) -> None:
+        self._one_table("validate")
+
+    def before_test(self) -> None:
+        self._one_table("test")
+
+    def _lightning_table(self, subcommand: str) -> bool:
+        """Whether Lightning prints its own table of raw floats after an evaluation: only
+        when the report's per-task table is off (``--report.print_table false``); one table
+        of the same numbers is enough."""
+        return not self.config[subcommand].report.print_table
+
+    def _one_table(self, subcommand: str) -> None:
+        """``trainer.validate/test(verbose=...)`` (LightningCLI's ``--verbose``) follows
+        :meth:`_lightning_table`."""
+        if not self._lightning_table(subcommand):
+            self.config_init[subcommand].verbose = False
+
     def after_fit(self) -> None:
         data = self.datamodule
         if self.config["fit"].test_after_fit and hasattr(data, "has_split") and (
@@ -212,7 +236,8 @@ class MultiTaskCLI(LightningCLI):
         elif self.config["fit"].test_after_fit:
             best = self.trainer.checkpoint_callback
             ckpt = "best" if best is not None and best.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt,
+                              verbose=self._lightning_table("fit"))
         self._print_run_dir()
 
     def after_validate(self) -> None:
@@ -232,12 +257,17 @@ class MultiTaskCLI(LightningCLI):
         rank_zero_info(f"Run directory: {self.run_dir}")
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 #: Every sub-command parser refuses abbreviated options (``--trainer.max_epoch 1`` would
 #: otherwise be taken as ``--trainer.max_epochs 1``).
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-PARSER_KWARGS: dict[str, Any] = {"allow_abbrev": False,
-                                 **{name: {"allow_abbrev": False} for name in SUBCOMMANDS}}
+PARSER_KWARGS: dict[str, Any] = {
+    "prog": "mtl-lightning",
+    "allow_abbrev": False,
+    "description": "Multi-task computer vision with PyTorch Lightning. Besides Lightning's "
+                   f"sub-commands below, the tools {', '.join(TOOLS)} (mtl-lightning COMMAND "
+                   "--help).",
+    **{name: {"allow_abbrev": False} for name in SUBCOMMANDS},
+}
 
 
 def run_cli(args: list[str] | None = None, exit_on_error: bool = True) -> MultiTaskCLI:
@@ -265,19 +295,6 @@ def run_cli(args: list[str] | None = None, exit_on_error: bool = True) -> MultiT
         raise
     keep_run_dirs()
     return cli
-
-
-def _one_line(error: BaseException) -> str:
-    """The user-facing sentence of an error, also when a DataLoader worker raised it (PyTorch
-    then re-raises it with the worker's traceback folded into the message)."""
-    message = str(error.args[0]) if error.args else str(error)
-    if "Union subtypes" in message and "\n  - " in message:
-        # A data module's own sentence, inside jsonargparse's report of each Union member.
-        message = message.split("\n  - ", 1)[1].split("\n", 1)[0]
-    if "Original Traceback" in message:
-        last = [line for line in message.splitlines() if line.strip()][-1]
-        message = last.split(": ", 1)[-1]
-    return inner_sentence(message)
 
 
 def _with_run_config(argv: list[str]) -> list[str]:
@@ -334,22 +351,8 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point: errors the user can fix are printed as one line, exit code 2;
     a run stopped by SIGTERM / SIGINT exits with 143 / 130."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["check-data"]:
-        from mtl_lightning.check_data import main as check_data
-
-        raise SystemExit(check_data(argv[1:]))
-    if argv[:1] == ["compare"]:
-        from mtl_lightning.compare import main as compare
-
-        try:
-            raise SystemExit(compare(argv[1:]))
-        except USER_ERRORS as error:
-            print(f"mtl-lightning compare: error: {_one_line(error)}", file=sys.stderr)
-            raise SystemExit(2) from None
-    if argv[:1] == ["export"]:
-        from mtl_lightning.export import main as export
-
-        raise SystemExit(export(argv[1:]))
+    if argv[:1] and argv[0] in TOOLS:  # check-data, compare, export (commands.py)
+        raise SystemExit(run_tool(argv))
     try:
         argv = _with_run_config(argv)
         run_cli(argv, exit_on_error=False)
@@ -369,7 +372,7 @@ def main(args: list[str] | None = None) -> None:
         _report_interruption(argv)
         raise
     except USER_ERRORS as error:
-        print(f"mtl-lightning: error: {_one_line(error)}", file=sys.stderr)
+        print(f"mtl-lightning: error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except CheckpointWriteError as error:
         print(f"mtl-lightning: error: {error}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""One sentence out of jsonargparse's error reports.
+"""One sentence out of jsonargparse's error reports (and out of any error a user can fix).
 
 A config error inside a ``class_path`` choice (the data module, the balancer) reaches the user
 from jsonargparse as a report on every alternative it tried: "Does not validate against any
@@ -47,3 +47,21 @@ def inner_sentence(message: str) -> str:
         return lines[0] if lines else message
     prefix = f"{key.group(1)}: " if key and not found[0].startswith(key.group(1)) else ""
     return prefix + found[0]
+
+
+#: Errors a user can fix (a bad option value, a missing file): printed as one line, never a
+#: traceback, by every sub-command.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing sentence of an error, also when a DataLoader worker raised it (PyTorch
+    then re-raises it with the worker's traceback folded into the message)."""
+    message = str(error.args[0]) if error.args else str(error)
+    if "Union subtypes" in message and "\n  - " in message:
+        # A data module's own sentence, inside jsonargparse's report of each Union member.
+        message = message.split("\n  - ", 1)[1].split("\n", 1)[0]
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = last.split(": ", 1)[-1]
+    return inner_sentence(message)

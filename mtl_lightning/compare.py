@@ -22,7 +22,6 @@ baselines' tasks, a reference that cannot be paired) are returned as ``warnings`
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -32,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
 from rich.table import Table
 
+from mtl_lightning.commands import tool_main
 from mtl_lightning.metrics import (
     delta_m,
     lower_is_better_default,
@@ -411,30 +412,37 @@ def _metric_options(items: list[str] | None) -> dict[str, list[str]] | None:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> ArgumentParser:
+    """The options of ``mtl-lightning compare`` (a sub-command of :mod:`mtl_lightning.commands`)."""
+    parser = ArgumentParser(
         prog="mtl-lightning compare", allow_abbrev=False,
         description="Compare runs' metrics, cost and delta_m against single-task baselines; "
                     "several runs of one method are its seeds.")
-    parser.add_argument("runs", nargs="+",
+    parser.add_argument("runs", type=str, nargs="+",
                         help="run directories to compare; NAME=RUN_DIR names the method a run "
                              "belongs to (default: the directory name without a seed suffix)")
-    parser.add_argument("--baselines", nargs="*", default=[],
+    parser.add_argument("--baselines", type=str, nargs="*", default=[],
                         help="run directories of the single-task baselines")
-    parser.add_argument("--stage", default="test", choices=("val", "test"),
+    parser.add_argument("--stage", type=str, default="test", choices=("val", "test"),
                         help="which metrics to compare (model selection uses val)")
-    parser.add_argument("--metric", action="append", default=None, metavar="TASK/METRIC",
+    parser.add_argument("--metric", type=str, action="append", default=None, metavar="TASK/METRIC",
                         help="compare these metrics (repeatable); default: each task's "
                              "headline metric")
-    parser.add_argument("--reference", default=DEFAULT_REFERENCE, metavar="METHOD",
+    parser.add_argument("--reference", type=str, default=DEFAULT_REFERENCE, metavar="METHOD",
                         help="the method every other is paired with over seeds (default: "
                              "equal)")
-    parser.add_argument("--write_baselines", type=Path, default=None, metavar="YAML",
+    parser.add_argument("--write_baselines", type=str | None, default=None, metavar="YAML",
                         help="also write the baselines' validation values as a config "
                              "(--config YAML logs val/mtl/delta_m during training)")
-    parser.add_argument("--output", type=Path, default=Path("compare"),
+    parser.add_argument("--output", type=str, default="compare",
                         help="write OUTPUT.json and OUTPUT.md (default: compare.json/.md)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: Namespace) -> int:
+    """Compare the runs of parsed options ``args``; prints the tables, writes the files."""
+    output = Path(args.output)
+    write_baselines = None if args.write_baselines is None else Path(args.write_baselines)
     metrics = _metric_options(args.metric)
     result = compare(args.runs, args.baselines, args.stage, metrics, args.reference)
     rich_table, markdown = table(result)
@@ -451,11 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference != DEFAULT_REFERENCE and result["reference"] is None:
         print(f"mtl-lightning compare: warning: no method is named {args.reference}; "
               "no paired comparison.", file=sys.stderr)
-    _write(args.output.with_suffix(".json"), json.dumps(_json_safe(result), indent=2))
-    _write(args.output.with_suffix(".md"), markdown)
-    print(f"Wrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.md')}")
-    if args.write_baselines is not None:
+    _write(output.with_suffix(".json"), json.dumps(_json_safe(result), indent=2))
+    _write(output.with_suffix(".md"), markdown)
+    print(f"Wrote {output.with_suffix('.json')} and {output.with_suffix('.md')}")
+    if write_baselines is not None:
         values = merged_baselines([load_run(d) for d in args.baselines], "val", metrics)
-        _write(args.write_baselines, yaml.safe_dump({"model": {"baselines": values}}))
-        print(f"Wrote {args.write_baselines}: use it as an extra --config")
+        _write(write_baselines, yaml.safe_dump({"model": {"baselines": values}}))
+        print(f"Wrote {write_baselines}: use it as an extra --config")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtl-lightning compare`` with ``argv`` (its options); returns the exit code."""
+    return tool_main("compare", argv)

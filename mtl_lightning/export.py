@@ -45,10 +45,11 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from torch import nn
 
 from mtl_lightning.checkpoint_io import read_checkpoint
+from mtl_lightning.commands import tool_main
 from mtl_lightning.models.input_normalization import fill_legacy_statistics
 from mtl_lightning.module import MultiTaskModule
 
@@ -170,7 +171,8 @@ def export(
     return names
 
 
-def _parser() -> ArgumentParser:
+def parser() -> ArgumentParser:
+    """The options of ``mtl-lightning export`` (a sub-command of :mod:`mtl_lightning.commands`)."""
     parser = ArgumentParser(prog="mtl-lightning export",
                             description="Export a checkpoint's model to ONNX / TorchScript.")
     parser.add_argument("--ckpt_path", type=str, required=True, help="Training checkpoint.")
@@ -186,13 +188,9 @@ def _parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``export`` on ``argv`` (without the program name); returns the exit code. Errors
-    the user can fix are one line on stderr, exit code 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["export"]:
-        argv = argv[1:]
-    args = _parser().parse_args(argv)
+def run(args: Namespace) -> int:
+    """Export with parsed options ``args``; returns the exit code. Errors the user can fix
+    are one line on stderr, exit code 2."""
     try:
         names = export(args.ckpt_path, args.output, postprocess=args.postprocess,
                        image_size=args.image_size, torchscript=args.torchscript,
@@ -203,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Wrote {args.output} (input: image; outputs: {', '.join(names)})"
           + (f" and {args.torchscript}" if args.torchscript else ""))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtl-lightning export`` with ``argv`` (its options); returns the exit code."""
+    return tool_main("export", argv)
 
 
 if __name__ == "__main__":

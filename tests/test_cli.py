@@ -312,3 +312,26 @@ def test_warmup_steps_bound_the_warm_up(tiny_scenes) -> None:
     assert warmup() == 500  # 5 % of all planned steps
     assert warmup(warmup_steps=40) == 40
     assert warmup(warmup_steps=20_000) == 10_000
+
+
+LIGHTNING_TABLE = "DataLoader 0"  # the header of Lightning's own results table
+
+
+def test_evaluation_prints_one_table(tmp_path: Path, scenes_root: Path, capsys) -> None:
+    """After fit's test, validate and test: the report's per-task table, not also Lightning's
+    table of the same numbers as raw floats; --report.print_table false gives Lightning's."""
+    tiny = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+            "--overlays.num_images", "0"]
+    fitted = run_cli(["fit", *_args(tmp_path, scenes_root, *tiny), "--test_after_fit", "true"])
+    out = capsys.readouterr().out
+    assert "test metrics (epoch" in out and LIGHTNING_TABLE not in out
+    last = str(Path(fitted.run_dir) / "checkpoints" / "last.ckpt")
+    for command, title in (("validate", "val metrics (epoch"), ("test", "test metrics (epoch")):
+        run_cli([command, *_args(tmp_path, scenes_root, *tiny), "--ckpt_path", last])
+        out = capsys.readouterr().out
+        assert out.count(title) == 1 and LIGHTNING_TABLE not in out, (command, out)
+    run_cli(["test", *_args(tmp_path, scenes_root, *tiny), "--ckpt_path", last,
+             "--report.print_table", "false"])
+    out = capsys.readouterr().out
+    assert LIGHTNING_TABLE in out and "test metrics (epoch" not in out

@@ -153,8 +153,8 @@ def _batched_trunk_vjp(
     if batched is None:
         batched = representation[0].device.type != "cpu"
     if not batched:
-        # Measured on CPU: the batched pass costs as much as one pass per task (232 vs 216 ms
-        # for 3 tasks on the default model) and adds ~130 concatenations; on a GPU it wins.
+        # On the CPU the batched pass is no faster than one pass per task and adds many
+        # concatenations; on a GPU it wins (docs/performance.md, design choices).
         grads = _per_task_trunk_vjp(representation, trunk, cotangents, retain_graph)
     else:
         try:

@@ -1,7 +1,7 @@
 """Keep Python's garbage collector off the objects that live for the whole run.
 
-A training process holds about 650,000 Python objects once torch, Lightning, the model and
-the config are loaded. Every full collection walks all of them, and collections are
+A training process holds hundreds of thousands of Python objects once torch, Lightning, the
+model and the config are loaded. Every full collection walks all of them, and collections are
 triggered by allocation counts, so a step that allocates many small objects (hooks, logging
 dictionaries, transforms) pays for a walk over everything at random. ``gc.freeze()`` moves
 the objects alive at that moment into a permanent generation that collections skip; objects

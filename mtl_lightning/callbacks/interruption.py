@@ -9,7 +9,7 @@ command and exits with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT), as sc
 expect of a killed job. Lightning alone would exit 0 after SIGTERM.
 
 SLURM's requeue signal (``--signal=SIGUSR1@...``) is still Lightning's: it saves
-``hpc_ckpt_N.ckpt`` and requeues the job (see the README's SLURM section).
+``hpc_ckpt_N.ckpt`` and requeues the job (see docs/many-gpus.md, SLURM).
 """
 
 from __future__ import annotations

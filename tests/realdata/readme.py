@@ -1,4 +1,4 @@
-"""The README's own commands, read from the README itself, and a tiny-run wrapper for them.
+"""The manual's own commands, read from its pages (``docs/*.md``), and a tiny-run wrapper.
 
 Tests run a command exactly as printed: only the user's placeholder paths (``my/train.json``,
 ``data/camvid/train``, ...) are replaced by fabricated folders, and options that make the run
@@ -16,19 +16,30 @@ import yaml
 
 from tests.conftest import REPO
 
-README = REPO / "README.md"
+DOCS = REPO / "docs"
 
 
 def section(title: str) -> str:
-    """The text of the README section ``## title`` (up to the next ``## `` heading)."""
-    text = README.read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    """The text of the manual's section headed ``title`` (a page's ``# title`` or a
+    ``## title`` inside one), up to the next heading of the same or a higher level (a ``#``
+    line inside a code block is a comment, not a heading)."""
+    for page in sorted(DOCS.glob("*.md")):
+        lines, fenced, start, level = page.read_text().splitlines(), False, None, 0
+        for number, line in enumerate(lines):
+            if line.startswith("```"):
+                fenced = not fenced
+            heading = None if fenced else re.match(r"(#+) (.*)", line)
+            if heading and start is None and heading.group(2) == title:
+                start, level = number, len(heading.group(1))
+            elif heading and start is not None and len(heading.group(1)) <= level:
+                return "\n".join(lines[start:number]) + "\n"
+        if start is not None:
+            return "\n".join(lines[start:]) + "\n"
+    raise AssertionError(f"no page of {DOCS} has a section headed {title!r}")
 
 
 def code_blocks(title: str, language: str) -> list[str]:
-    """The ``language`` code blocks of README section ``title``."""
+    """The ``language`` code blocks of the manual's section ``title``."""
     return re.findall(rf"```{language}\n(.*?)```", section(title), flags=re.S)
 
 
@@ -46,7 +57,7 @@ def commands(title: str) -> list[list[str]]:
 
 def substitute(words: list[str], paths: dict[str, Path | str]) -> list[str]:
     """``words`` with each placeholder path replaced; a placeholder left over (``my/...``,
-    ``runs/...<run>``) fails the test, so a README change cannot slip past it."""
+    ``runs/...<run>``) fails the test, so a change of the manual cannot slip past it."""
     result = [str(paths.get(word, word)) for word in words]
     left = [w for w in result if w.startswith("my") or "<" in w]
     assert not left, f"placeholders without a fabricated path: {left}"
@@ -59,7 +70,7 @@ def yaml_blocks(title: str) -> list[Any]:
 
 
 def tiny(root: Path, *, overlays: bool = True) -> list[str]:
-    """Options appended to a README command: one short epoch at 64 px, runs under ``root``,
+    """Options appended to a manual's command: one short epoch at 64 px, runs under ``root``,
     overlays and their W&B table on (W&B offline)."""
     return [
         "--trainer.default_root_dir", str(root),
