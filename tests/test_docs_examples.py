@@ -1,4 +1,6 @@
-"""The manual's code examples run: the task written in docs/adding-a-task.md trains."""
+"""The manual's code examples run: the task (and its config) of docs/adding-a-task.md
+trains, the balancers of docs/adding-a-balancer.md compute their formulas and train, and the
+architecture of docs/adding-an-architecture.md trains."""
 
 from __future__ import annotations
 
@@ -6,12 +8,14 @@ import math
 import re
 import sys
 import types
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
-from mtl_lightning import tasks as task_registry
 from mtl_lightning.module import MultiTaskModule
 from tests.conftest import REPO
 
@@ -21,48 +25,67 @@ def _python_blocks(page: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def _yaml_blocks(page: str) -> list[Any]:
+    text = (REPO / "docs" / page).read_text()
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
+
+
 @pytest.fixture
-def foreground_task(monkeypatch: pytest.MonkeyPatch) -> type:
-    """The guide's task module, imported as ``mtl_lightning.tasks.foreground`` and
-    registered as the guide says."""
-    source = _python_blocks("adding-a-task.md")[0]
-    module = types.ModuleType("mtl_lightning.tasks.foreground")
+def guide_task_config(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The guide's task file, importable as ``my_project.foreground`` (the module its config
+    names), and the guide's config that trains it (its ``model.tasks``)."""
+    package = types.ModuleType("my_project")
+    package.__path__ = []
+    module = types.ModuleType("my_project.foreground")
+    package.foreground = module
+    monkeypatch.setitem(sys.modules, package.__name__, package)
     monkeypatch.setitem(sys.modules, module.__name__, module)
+    source = _python_blocks("adding-a-task.md")[0]
     exec(compile(source, "docs/adding-a-task.md", "exec"), module.__dict__)
-    task = module.ForegroundTask
-    monkeypatch.setitem(task_registry.TASKS, task.name, task)
-    return task
+    configs = [c for c in _yaml_blocks("adding-a-task.md")
+               if any("class_path" in (options or {})
+                      for options in c["model"]["tasks"].values())]
+    assert len(configs) == 1, "the guide shows one config with the task's class_path"
+    return configs[0]["model"]["tasks"]
 
 
-def test_the_guides_task_trains_validates_and_predicts(foreground_task, tiny_scenes,
+def test_the_guides_task_trains_validates_and_predicts(guide_task_config, tiny_scenes,
                                                        tmp_path) -> None:
-    model = MultiTaskModule(
-        task_info=tiny_scenes.task_info, neck_channels=16,
-        tasks={"segmentation": None, "foreground": None},
-    )
-    assert isinstance(model.tasks["foreground"], foreground_task)
-    before = [p.detach().clone() for p in model.tasks["foreground"].parameters()]
+    (name,) = [n for n, o in guide_task_config.items() if "class_path" in (o or {})]
+    assert guide_task_config[name]["class_path"] == "my_project.foreground.ForegroundTask"
+    model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16,
+                            tasks=guide_task_config)
+    task = model.tasks[name]
+    assert type(task).__module__ == "my_project.foreground"
+    assert task.name == name and task.source == "segmentation"
+    before = [p.detach().clone() for p in task.parameters()]
     trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=tiny_scenes)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    assert math.isfinite(metrics["train/foreground/loss"])
-    assert 0.0 <= metrics["val/foreground/iou"] <= 1.0
-    assert "train/mtl/weight/foreground" in metrics
+    assert math.isfinite(metrics[f"train/{name}/loss"])
+    assert 0.0 <= metrics[f"val/{name}/iou"] <= 1.0
+    assert 0.0 <= metrics[f"val/{name}/accuracy"] <= 1.0
+    assert f"train/mtl/weight/{name}" in metrics
     # Its head learned: the steps changed its weights.
-    after = list(model.tasks["foreground"].parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
-    # Predictions, JSON and drawing as predict and the overlays use them.
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.parameters()))
+    # Predictions, JSON, files, drawing and export outputs as predict, the overlays and
+    # export use them.
     model.eval()
     with torch.no_grad():
         outputs = model(next(iter(tiny_scenes.val_dataloader()))["image"][:2])
-    (prediction, _) = model.tasks["foreground"].postprocess(outputs["foreground"])
-    record = model.tasks["foreground"].prediction_to_json(prediction)
-    assert 0 <= record["foreground_pixels"] <= prediction.numel()
-    picture = model.tasks["foreground"].draw(torch.zeros(3, *prediction.shape,
-                                                         dtype=torch.uint8), prediction)
+    prediction = task.postprocess(outputs[name])[0]
+    record = task.prediction_to_json(prediction)
+    assert 0 <= record["foreground_pixels"] <= record["pixels"] == prediction.numel()
+    (png,) = task.prediction_files(prediction).values()
+    assert png.shape == tuple(prediction.shape) and png.dtype == np.uint8
+    picture = task.draw(torch.zeros(3, *prediction.shape, dtype=torch.uint8), prediction)
     assert picture.shape == (3, *prediction.shape)
+    resized = task.resize_prediction(prediction, (prediction.shape[0] // 2,
+                                                  prediction.shape[1]), (10, 20))
+    assert resized.shape == (10, 20)
+    assert set(task.export_outputs(outputs[name])) == {"labels"}
 
 
 def _balancers() -> dict[str, type]:
