@@ -134,13 +134,12 @@ class MultiTaskModule(LightningModule):
         train_metrics: also compute metrics on training batches (detection mAP excepted).
         train_metrics_every: update the training metrics on every n-th training batch only:
             the epoch's training metrics are then an estimate from a 1/n sample of its
-            batches, at 1/n of the cost (cProfile: 7-10 ms of a 170 ms CPU step at n=1;
-            the suite could not tell the saving from its noise, see BENCHMARKS.md).
+            batches, at 1/n of the metrics' cost (what that saves: docs/performance.md).
             1 updates on every batch.
         channels_last: run the network in channels-last memory format.
         compile: compile the network (architecture and task heads) with ``torch.compile``,
             in place, so checkpoints keep their keys. Losses, target assignment and
-            post-processing stay eager. Off by default: see BENCHMARKS.md for where it pays.
+            post-processing stay eager. Off by default: docs/performance.md says where it pays.
         nonfinite_policy: what a NaN or infinite task loss (or gradient) does: ``"skip"`` the
             step (the weights are left untouched; counted and logged as
             ``train/mtl/skipped_steps``) or ``"stop"`` the run with a one-line error (the

@@ -172,7 +172,7 @@ class PredictionOverlays(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             for i, (meta, view) in enumerate(zip(batch["meta"], views)):
                 picture = side_by_side(pl_module, view, self.draw_score_threshold)
-                # zlib level 1: 1.7x faster than the default 6 on an overlay, 1.14x the bytes
+                # zlib level 1: faster than the default 6, a few more bytes (docs/performance.md)
                 write_png(picture, str(folder / f"{overlay_name(meta, i)}.png"),
                           compression_level=1)
         if to_wandb:

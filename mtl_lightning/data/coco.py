@@ -284,11 +284,11 @@ class CocoMultiTaskDataset(Dataset):
 
     def cache_in_memory(self) -> float:
         """Decode every sample now and keep it (before the transforms): later reads skip
-        the file, the image decoding and the mask rasterising: about 0.8 ms of a 128 px
-        Scenes sample's 1.35 ms. Called in the main process before the loader's workers
-        start, so the forked workers share the decoded tensors instead of each decoding
-        their own. Costs about 65 KB per 128 px sample (image, mask, boxes). Returns the
-        megabytes held."""
+        the file, the image decoding and the mask rasterising, most of a small sample's
+        loading time. Called in the main process before the loader's workers start, so the
+        forked workers share the decoded tensors instead of each decoding their own. Costs
+        the decoded image, mask and boxes of every sample in memory (docs/performance.md
+        has both figures). Returns the megabytes held."""
         self._cache = [self.decoded_sample(i) for i in range(len(self.records))]
         return sum(tensor_bytes(sample) for sample in self._cache) / 2**20
 

@@ -5,11 +5,10 @@ Dense targets (class indices, masks) are stacked; detection targets stay a list 
 tv_tensors are unwrapped to plain tensors so the model never pays for the subclass dispatch.
 
 Why :class:`TargetList`: a loader worker hands every tensor of a batch to the main process
-through its own shared-memory file descriptor, one socket round trip each (about 0.4 ms on
-2 CPU cores). Three tensors per image made that 190 round trips for an evaluation batch of
-64 images (0.7 s of a 4.4 s validation epoch, measured with cProfile; BENCHMARKS.md). A
-TargetList crosses the process boundary as one tensor per key and is split back into
-per-image views on arrival, so the receiving code sees the same list of dicts.
+through its own shared-memory file descriptor, one socket round trip each; with three
+tensors per image those round trips were a large share of a validation epoch
+(docs/performance.md). A TargetList crosses the process boundary as one tensor per key and is
+split back into per-image views on arrival, so the receiving code sees the same list of dicts.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ How a file is decoded:
 1. PIL opens it lazily (header only) to learn its format, mode, size and EXIF orientation.
    A missing file or an unidentifiable one stops here, and so does an image with more than
    ``max_pixels`` pixels (before any pixel is decoded).
-2. JPEG, WebP and GIF go to ``torchvision.io.decode_image`` (libjpeg-turbo is 1.5-2x faster
-   than PIL on an 800x600 JPEG); it applies EXIF orientation for JPEG, and an animated GIF
+2. JPEG, WebP and GIF go to ``torchvision.io.decode_image`` (libjpeg-turbo, faster than PIL
+   on JPEG: docs/performance.md); it applies EXIF orientation for JPEG, and an animated GIF
    gives its first frame.
 3. Everything else goes to PIL: ``ImageOps.exif_transpose`` then ``convert("RGB")`` (alpha
    dropped, palette and CMYK mapped to RGB), 16-bit grey scaled to 8 bit, not clipped. So
@@ -19,8 +19,8 @@ How a file is decoded:
 
 PNG deliberately takes the PIL path: torchvision 0.29's ``decode_png`` crashes the process
 (SIGSEGV, which kills a DataLoader worker) on any PNG whose pixel data makes libpng raise: one
-flipped byte (a chunk CRC error) or a missing IDAT chunk. PIL raises on those instead and is
-only about 1.1-1.25x slower on PNG. Known gap: a PNG whose zlib stream is complete but holds
+flipped byte (a chunk CRC error) or a missing IDAT chunk. PIL raises on those instead, at a
+small cost in speed (docs/performance.md). Known gap: a PNG whose zlib stream is complete but holds
 fewer rows than the header says (a buggy writer) is zero-filled by PIL without an error.
 
 Every decoder failure becomes an :class:`ImageDecodeError`, a one-sentence ``ValueError``

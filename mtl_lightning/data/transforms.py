@@ -7,8 +7,7 @@ and ``BoundingBoxes`` each get the right treatment (bilinear, nearest, box arith
 Only the image and the targets go through the pipeline (:class:`SampleTransform`): every v2
 transform flattens and rebuilds the whole structure it is given, and the sample's ``has``
 flags and ``meta`` (path, id, original size) would add leaves to every one of those passes
-without ever being transformed (measured: a training sample 3.25 -> 3.01 ms, an evaluation
-sample 1.52 -> 1.43 ms; see BENCHMARKS.md).
+without ever being transformed (the saving per sample: docs/performance.md).
 
 Two ways to reach the square ``image_size`` input (``data.resize``):
 

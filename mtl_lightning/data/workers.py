@@ -1,10 +1,9 @@
 """What every loader worker does when it starts.
 
-A worker is forked from the training process and inherits its ~650,000 Python objects
-(torch, Lightning, the model, the config). Python's cyclic garbage collector would walk all
-of them again and again while the worker allocates the small objects of decoding and
-transforms: a training sample took 2.52 ms with it and 1.47 ms frozen (in-process, 2 CPU cores;
-BENCHMARKS.md).
+A worker is forked from the training process and inherits its hundreds of thousands of
+Python objects (torch, Lightning, the model, the config). Python's cyclic garbage collector
+would walk all of them again and again while the worker allocates the small objects of
+decoding and transforms, a large part of a sample's time (docs/performance.md).
 ``gc.freeze()`` moves the inherited objects to a generation that collections skip; what the
 worker allocates afterwards is collected as usual. It also keeps the collector from writing
 to the inherited pages, which would copy them (copy-on-write) in every worker.

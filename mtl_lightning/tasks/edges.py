@@ -4,7 +4,7 @@ No new labels: the target is derived on the fly from the segmentation masks a da
 already has (a pixel is an edge when a 4-neighbour has another class), so adding
 ``edges: null`` under ``model.tasks`` is the whole change, on any data with segmentation
 labels. Edges make the shared features attend to object outlines, the cue segmentation and
-detection both need; whether that helps them is measured in the README's experiment table.
+detection both need; whether that helps them is measured in docs/experiments.md.
 Auxiliary tasks are trained and weighted like any task, but left out of ``{stage}/mtl/score``
 and of delta_m by default: they are a means, not a goal.
 """

@@ -100,8 +100,7 @@ class SegmentationTask(Task):
             )
         logits = self.classifier(fused)
         # Upsampled in float32: the loss reads float32 anyway, and on the CPU bilinear
-        # upsampling of bfloat16 ran at half the speed of float32 (10 against 5 ms for a
-        # batch of 64 logits maps of 128 px).
+        # upsampling of bfloat16 is slower than of float32 (docs/performance.md).
         return F.interpolate(logits.float(), size=image_size, mode="bilinear",
                              align_corners=False)
 
@@ -120,7 +119,8 @@ class SegmentationTask(Task):
 
     def build_metrics(self, stage: str) -> MetricCollection:
         # validate_args=False: torchmetrics' per-update check runs torch.unique over every
-        # pixel of targets and predictions (measured: 36 ms of a 200 ms CPU training step).
+        # pixel of targets and predictions, a noticeable share of a CPU training step
+        # (docs/performance.md).
         # Predictions are argmax ids by construction, and mask ids are checked when the data
         # is loaded (data/validation.py: categories map to classes; 255 is ignore).
         return MetricCollection({

@@ -79,7 +79,7 @@ class MtanLayoutDataset(Dataset):
         if not images.is_dir():
             raise DataError(
                 f"'{images}' is not a folder: data.root must hold {split}/image/<i>.npy "
-                f"(the MTAN layout); see the README's 'Reproduce a published table'."
+                f"(the MTAN layout); see docs/field-benchmarks.md."
             )
         self.stems = [p.stem for p in sorted(images.glob("*.npy"), key=_numeric)]
         if not self.stems:
