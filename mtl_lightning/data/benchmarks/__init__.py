@@ -5,5 +5,6 @@ from mtl_lightning.data.benchmarks.mtan_layout import (
     MtanLayoutDataset,
     NYUv2DataModule,
 )
+from mtl_lightning.data.benchmarks.nyud import NYUDDataModule
 
-__all__ = ["CityscapesDataModule", "MtanLayoutDataset", "NYUv2DataModule"]
+__all__ = ["CityscapesDataModule", "MtanLayoutDataset", "NYUDDataModule", "NYUv2DataModule"]
