@@ -219,9 +219,11 @@ class ListedFilesDataModule(MultiTaskDataModule):
     splits = {"train": "train", "val": "val", "test": "val"}
 
     def __init__(self, root: str, tasks: Iterable[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(tasks=None if tasks is None else tuple(tasks), **kwargs)
-        if not self.named_tasks:
-            self.tasks = self.default_tasks
+        # The tasks are instance names of this benchmark (``semseg``, ``drivable``), checked
+        # here against what it labels rather than against the registry of task types.
+        super().__init__(tasks=None, **kwargs)
+        self.named_tasks = tasks is not None
+        self.tasks = self.default_tasks if tasks is None else tuple(tasks)
         unknown = [task for task in self.tasks if task not in self.default_tasks]
         if unknown:
             raise ValueError(f"data.tasks names {unknown}; {type(self).__name__} labels "
