@@ -89,10 +89,11 @@ NORMALS_VALID_LABELS = (
 def load_mat(path: Path) -> Any:
     """A ``.mat`` file's variables (structs as attribute objects); one sentence otherwise."""
     from scipy.io import loadmat  # only the PASCAL-Context reader needs scipy
+    from scipy.io.matlab import MatReadError
 
     try:
         return loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (OSError, ValueError, TypeError, NotImplementedError) as error:
+    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as error:
         raise DataError(f"Cannot read '{path}' as a .mat file ({error}); replace it.") from None
 
 
