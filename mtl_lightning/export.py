@@ -26,8 +26,9 @@ Outputs, by name (``<task>_<key>`` for a task whose head returns several tensors
   ``Detection.postprocess`` starts from (cells that are not peaks score 0 and come in no
   particular order). Its last two steps, the score threshold and
   class-wise NMS, give a different number of boxes per image and stay outside the graph: run
-  ``torchvision.ops.batched_nms`` (or the runtime's NMS) on these outputs. A task with no
-  rule in :data:`POSTPROCESSORS` exports its raw outputs.
+  ``torchvision.ops.batched_nms`` (or the runtime's NMS) on these outputs. Each task does its
+  own (:meth:`~mtl_lightning.tasks.base.Task.export_outputs`); one that defines none (depth,
+  normals) exports its raw outputs.
 
 ONNX goes through PyTorch's ``torch.export``-based exporter (``--exporter dynamo``, needs
 ``onnxscript``) or the older TorchScript-based one (``--exporter legacy``). ``--torchscript``
@@ -39,12 +40,10 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 import yaml
 from jsonargparse import ArgumentParser
 from torch import nn
@@ -55,37 +54,6 @@ from mtl_lightning.module import MultiTaskModule
 
 DEFAULT_IMAGE_SIZE = 128
 Outputs = dict[str, torch.Tensor]
-
-
-def _classification(task: Any, logits: torch.Tensor) -> Outputs:
-    if getattr(task, "multilabel", False):
-        return {"scores": logits.float().sigmoid()}
-    scores = logits.float().softmax(-1)
-    return {"scores": scores, "labels": scores.argmax(-1)}
-
-
-def _segmentation(task: Any, logits: torch.Tensor) -> Outputs:
-    return {"labels": logits.argmax(1)}
-
-
-def _detection(task: Any, outputs: Outputs) -> Outputs:
-    """``Detection.postprocess`` up to (not including) its threshold and NMS: fixed shapes."""
-    heat = outputs["heatmap"].float().sigmoid()
-    _, classes, height, width = heat.shape
-    peaks = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1))
-    k = min(task.pre_nms_topk, classes * height * width)
-    scores, index = peaks.flatten(1).topk(k)
-    cells = index % (height * width)
-    boxes = torch.gather(task.decode_boxes(outputs["box"]), 1, cells[..., None].expand(-1, -1, 4))
-    return {"boxes": boxes, "scores": scores, "labels": index // (height * width)}
-
-
-#: Task name -> tensor-only post-processing used in the exported graph.
-POSTPROCESSORS: dict[str, Callable[[Any, Any], Outputs]] = {
-    "classification": _classification,
-    "segmentation": _segmentation,
-    "detection": _detection,
-}
 
 
 def _flatten(name: str, output: Any) -> Outputs:
@@ -117,9 +85,8 @@ class InferenceModel(nn.Module):
         named: Outputs = {}
         for name, task in self.tasks.items():
             output = task(features[name], size)
-            rule = POSTPROCESSORS.get(task.name) if self.postprocess else None
-            if rule is not None:
-                output = rule(task, output)
+            if self.postprocess:
+                output = task.export_outputs(output)
             named.update(_flatten(name, output))
         return named
 

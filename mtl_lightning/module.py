@@ -82,8 +82,12 @@ class MultiTaskModule(LightningModule):
     """An architecture (hard sharing by default: backbone -> FPN neck) -> {task: head}.
 
     Args:
-        tasks: task name -> that task's options (``null`` for defaults), e.g.
-            ``{"classification": {"label_smoothing": 0.1}, "detection": null}``.
+        tasks: task instance name -> that task's options (``null`` for defaults), e.g.
+            ``{"classification": {"label_smoothing": 0.1}, "detection": null}``. Options may
+            name the instance's type (``{"drivable": {"type": "segmentation"}}``: two
+            segmentation tasks in one model) or a Task class from anywhere
+            (``{"fg": {"class_path": "my_project.ForegroundTask", "init_args": {...}}}``);
+            see :mod:`mtl_lightning.tasks`.
             ``None`` (the configs' default) trains every task the data labels, so a data set
             that labels no image class trains segmentation and detection only. A named task
             the data does not label is an error.
@@ -196,7 +200,8 @@ class MultiTaskModule(LightningModule):
             )
 
         self.tasks = nn.ModuleDict({
-            name: build_task(name, options, task_info.get(name), labelled=list(task_info))
+            name: build_task(name, options, task_info.get(name), labelled=list(task_info),
+                             task_info=task_info)
             for name, options in tasks.items()
         })
         self.architecture = build_architecture(
@@ -234,9 +239,9 @@ class MultiTaskModule(LightningModule):
                 f"source: parameters (e.g. --model.balancer.init_args.source parameters)."
             )
         for name, task in self.tasks.items():
-            if task.derived_from and task_info and task.derived_from not in task_info:
+            if task.source and task_info and task.source not in task_info:
                 raise ValueError(
-                    f"Task '{name}' derives its targets from {task.derived_from} labels, which "
+                    f"Task '{name}' derives its targets from {task.source} labels, which "
                     f"the data does not provide (it labels {sorted(task_info)}); remove {name} "
                     f"or use data with {task.derived_from} labels."
                 )
@@ -254,7 +259,7 @@ class MultiTaskModule(LightningModule):
         self.metrics = nn.ModuleDict({
             f"{stage}_{name}": task.build_metrics(stage)
             for stage in STAGES for name, task in self.tasks.items()
-            if stage != "train" or (train_metrics and name != "detection")
+            if stage != "train" or (train_metrics and task.metrics_on_train)
         })
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -323,7 +328,7 @@ class MultiTaskModule(LightningModule):
     def task_labels(self, batch: Batch, name: str) -> tuple[torch.Tensor, Any]:
         """Which samples are labelled for task ``name``, and its targets; an auxiliary task
         derives them from its source task's labels."""
-        source = self.tasks[name].derived_from
+        source = self.tasks[name].source
         if source is None:
             return self._has(batch, name), batch["targets"].get(name)
         if source not in batch["targets"]:

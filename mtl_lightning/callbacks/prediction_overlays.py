@@ -35,11 +35,10 @@ from torchvision.io import write_png
 from mtl_lightning.callbacks.metrics_report import run_directory
 from mtl_lightning.callbacks.prediction_writer import confident, draw_order, to_cpu
 from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.tasks.wandb_media import WANDB_IGNORE  # noqa: F401 (re-exported)
 
 #: Pictures smaller than this (pixels, shorter side) are enlarged before drawing.
 MIN_SIDE = 256
-#: W&B mask value of pixels that are no class.
-WANDB_IGNORE = 255
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -47,29 +46,11 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
-def ground_truth_as_prediction(task: str, target: Any, crowd: bool = False) -> Any:
-    """A target in the form the task's ``draw`` and ``prediction_to_json`` take (scores of 1,
-    and ``"ground_truth": True`` so that pictures leave the scores out).
-
-    Classification: a class index or a multi-hot vector -> ``{"labels", "scores"}``.
-    Detection: crowd regions are left out, or kept and flagged ``iscrowd`` (``crowd=True``,
-    for pictures)."""
-    if task == "classification":
-        labels = target.nonzero().flatten() if target.ndim else target.reshape(1)
-        return {"labels": labels.long(), "scores": torch.ones(len(labels)), "ground_truth": True}
-    if task == "detection":
-        is_crowd = target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
-        keep = torch.ones_like(is_crowd.bool()) if crowd else ~is_crowd.bool()
-        truth = {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep],
-                 "scores": torch.ones(int(keep.sum())), "ground_truth": True}
-        if crowd:
-            truth["iscrowd"] = is_crowd.bool()[keep]
-        return truth
-    if task == "segmentation":
-        return target.long()
-    if task == "depth" and target.dim() == 3:
-        return target[0]
-    return target
+def ground_truth_as_prediction(task: Any, target: Any, crowd: bool = False) -> Any:
+    """A target in the form the task's ``draw`` and ``prediction_to_json`` take: the task's
+    own :meth:`~mtl_lightning.tasks.base.Task.target_as_prediction` (``crowd``: keep crowd
+    regions, flagged, for pictures)."""
+    return task.target_as_prediction(target, crowd=crowd)
 
 
 def display_size(content: tuple[int, int], original: tuple[int, int]) -> tuple[int, int]:
@@ -109,13 +90,12 @@ def overlay_view(
     size = display_size(content, tuple(meta.get("orig_size", content)))
     picture = _resized_image(image[:, : content[0], : content[1]], size)
     predicted, truth = {}, {}
-    for name in draw_order(prediction):
+    for name in draw_order(prediction, pl_module.tasks):
         task = pl_module.tasks[name]
         predicted[name] = task.resize_prediction(to_cpu(prediction[name]), content, size)
-        has = batch["has"].get(name)
-        if has is not None and bool(has[index]) and name in batch["targets"]:
-            target = ground_truth_as_prediction(name, to_cpu(batch["targets"][name][index]),
-                                                crowd=True)
+        has, target = task_labels(pl_module, batch, name)
+        if has is not None and bool(has[index]) and target is not None:
+            target = ground_truth_as_prediction(task, to_cpu(target[index]), crowd=True)
             truth[name] = task.resize_prediction(target, content, size)
     return picture, predicted, truth
 
@@ -222,7 +202,7 @@ def side_by_side(pl_module: LightningModule, view: tuple, draw_score_threshold: 
     image, predicted, truth = view
     left, right = image.clone(), image.clone()
     rows = []
-    for name in draw_order(predicted):
+    for name in draw_order(predicted, pl_module.tasks):
         task = pl_module.tasks[name]
         if task.draws_panel:  # a depth or normal map: a row of its own under the image
             truth_panel = (task.draw(image, truth[name]) if name in truth
@@ -280,8 +260,8 @@ def _wandb_image(pl_module: LightningModule, batch: dict, i: int, view: tuple,
 
     image, predicted, truth = view
     extra: dict[str, Any] = {"caption": _caption(pl_module, batch, i, predicted, truth)}
-    masks = _wandb_masks(pl_module, predicted, truth)
-    boxes = _wandb_boxes(pl_module, predicted, truth, draw_score_threshold)
+    masks = _media(pl_module, predicted, truth, "masks")
+    boxes = _media(pl_module, predicted, truth, "boxes", draw_score_threshold)
     if masks:
         extra["masks"] = masks
     if boxes:
@@ -305,12 +285,12 @@ def _wandb_table(
             "image_id": overlay_name(meta, i),
             "overlay": _wandb_image(pl_module, batch, i, views[i], draw_score_threshold),
         }
-        for name in draw_order(prediction):
+        for name in draw_order(prediction, pl_module.tasks):
             task = pl_module.tasks[name]
             truth = None
-            has = batch["has"].get(name)
-            if has is not None and bool(has[i]) and name in batch["targets"]:
-                target = ground_truth_as_prediction(name, to_cpu(batch["targets"][name][i]))
+            has, target = task_labels(pl_module, batch, name)
+            if has is not None and bool(has[i]) and target is not None:
+                target = ground_truth_as_prediction(task, to_cpu(target[i]))
                 truth = describe(task, target, scores=False)
             row[f"{name} truth"] = truth
             row[f"{name} prediction"] = describe(task, to_cpu(prediction[name]))
@@ -332,7 +312,8 @@ def describe(task: Any, value: Any, scores: bool = True) -> str:
     if entries and not all(isinstance(e, dict) and "name" in e for e in entries):
         return "; ".join(", ".join(f"{k} {v}" for k, v in e.items()) if isinstance(e, dict)
                          else str(e) for e in entries)
-    boxes = getattr(task, "name", "") == "detection" or any("box_xyxy" in e for e in entries)
+    boxes = (isinstance(value, dict) and "boxes" in value) or any("box_xyxy" in e
+                                                                  for e in entries)
     if entries and "pixels" in entries[0]:
         total = sum(e["pixels"] for e in entries) or 1
         ranked = sorted(entries, key=lambda e: -e["pixels"])
@@ -346,73 +327,43 @@ def describe(task: Any, value: Any, scores: bool = True) -> str:
     return text or "(none)"
 
 
-def _labels(task: Any) -> dict[int, str]:
-    return dict(enumerate(task.class_names))
+def task_labels(pl_module: LightningModule, batch: dict, name: str) -> tuple[Any, Any]:
+    """Which samples of ``batch`` are labelled for task ``name`` and its targets (a derived
+    task's are made from its source's, as in training); ``(None, None)`` when the batch
+    has none."""
+    task = pl_module.tasks[name]
+    source = task.source or name
+    if source not in batch["targets"] or source not in batch.get("has", {}):
+        return None, None
+    target = batch["targets"][source]
+    if task.source is not None:
+        target = task.derive_targets(target)
+    return batch["has"][source], target
 
 
-def _wandb_mask(mask: torch.Tensor, num_classes: int) -> Any:
-    """A mask for W&B: every value that is no class (ignore, void) becomes ``WANDB_IGNORE``."""
-    mask = mask.long()
-    known = (mask >= 0) & (mask < num_classes)
-    return torch.where(known, mask, WANDB_IGNORE).to(torch.uint8).numpy()
-
-
-def _wandb_masks(pl_module: LightningModule, predicted: dict, truth: dict) -> dict:
-    if "segmentation" not in predicted:
-        return {}
-    task = pl_module.tasks["segmentation"]
-    labels = {**_labels(task), WANDB_IGNORE: "ignore"}
-    masks = {"prediction": {"mask_data": _wandb_mask(predicted["segmentation"],
-                                                     task.num_classes),
-                            "class_labels": labels}}
-    if "segmentation" in truth:
-        masks["ground_truth"] = {"mask_data": _wandb_mask(truth["segmentation"],
-                                                          task.num_classes),
-                                 "class_labels": labels}
-    return masks
-
-
-def _box_data(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-              names: list[str]) -> list[dict]:
-    return [
-        {"position": {"minX": float(b[0]), "minY": float(b[1]), "maxX": float(b[2]),
-                      "maxY": float(b[3])},
-         "domain": "pixel", "class_id": int(c), "scores": {"score": float(s)},
-         "box_caption": f"{names[int(c)]} {float(s):.2f}"}
-        for b, c, s in zip(boxes.tolist(), labels.tolist(), scores.tolist())
-    ]
-
-
-def _wandb_boxes(pl_module: LightningModule, predicted: dict, truth: dict,
-                 draw_score_threshold: float = 0.0) -> dict:
-    if "detection" not in predicted:
-        return {}
-    task = pl_module.tasks["detection"]
-    found = confident(predicted["detection"], draw_score_threshold)
-    boxes = {"predictions": {"box_data": _box_data(found["boxes"], found["labels"],
-                                                   found["scores"], task.class_names),
-                             "class_labels": _labels(task)}}
-    if "detection" in truth:
-        target = truth["detection"]
-        keep = ~target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
-        boxes["ground_truth"] = {"box_data": _box_data(target["boxes"][keep],
-                                                       target["labels"][keep],
-                                                       target["scores"][keep],
-                                                       task.class_names),
-                                 "class_labels": _labels(task)}
-    return boxes
+def _media(pl_module: LightningModule, predicted: dict, truth: dict, kind: str,
+           draw_score_threshold: float = 0.0) -> dict:
+    """Every task's W&B masks or boxes (``kind``) of one picture; when several tasks give
+    them, each key is prefixed with the task's name (``drivable_prediction``)."""
+    parts = {}
+    for name in draw_order(predicted, pl_module.tasks):
+        task = pl_module.tasks[name]
+        shown = confident(predicted[name], draw_score_threshold)
+        media = getattr(task, f"wandb_{kind}")(shown, truth.get(name))
+        if media:
+            parts[name] = media
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    return {f"{name}_{key}": value for name, media in parts.items()
+            for key, value in media.items()}
 
 
 def _caption(pl_module: LightningModule, batch: dict, i: int, predicted: dict,
              truth: dict) -> str:
     meta = batch["meta"][i] if "meta" in batch else {}
-    if "classification" not in predicted:
-        return overlay_name(meta, i)
-    task = pl_module.tasks["classification"]
-    names = ", ".join(task.class_names[int(c)] for c in predicted["classification"]["labels"])
-    caption = f"predicted: {names or '(none)'}"
-    if "classification" in truth:
-        true_names = ", ".join(task.class_names[int(c)]
-                               for c in truth["classification"]["labels"])
-        caption = f"true: {true_names or '(none)'} / {caption}"
-    return caption
+    lines = []
+    for name in draw_order(predicted, pl_module.tasks):
+        line = pl_module.tasks[name].caption(predicted[name], truth.get(name))
+        if line:
+            lines.append(line)
+    return " | ".join(lines) if lines else overlay_name(meta, i)

@@ -33,15 +33,15 @@ from mtl_lightning.data.images import load_rgb
 
 log = logging.getLogger(__name__)
 
-#: Order in which tasks are drawn: masks first, then boxes, then the image label on top.
-DRAW_ORDER = ("segmentation", "detection", "classification")
 #: Written next to the predictions when some images could not be read.
 SKIPPED_FILE = "skipped.json"
 
 
-def draw_order(tasks: Any) -> list[str]:
-    """Task names in drawing order (unknown tasks last)."""
-    return sorted(tasks, key=lambda n: DRAW_ORDER.index(n) if n in DRAW_ORDER else len(DRAW_ORDER))
+def draw_order(names: Any, tasks: Any) -> list[str]:
+    """The task instance ``names`` in drawing order: by each task's ``draw_order`` (masks
+    first, then boxes, then the image label on top), ties in the given order. ``tasks``
+    maps instance names to Task objects (the module's ``tasks``)."""
+    return sorted(names, key=lambda name: tasks[name].draw_order)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -98,7 +98,7 @@ class PredictionWriter(BasePredictionWriter):
             if self.overlays:
                 image = load_rgb(path, max_pixels=2**62)  # already decoded once: no limit
                 panels = []
-                for task in draw_order(predictions):
+                for task in draw_order(predictions, tasks):
                     drawn = confident(to_cpu(predictions[task]), self.draw_score_threshold)
                     if tasks[task].draws_panel:  # a map of its own, beside the image
                         panels.append(tasks[task].draw(image, drawn))

@@ -39,16 +39,14 @@ from torchvision import tv_tensors
 
 from mtl_lightning.data import masks
 from mtl_lightning.data.constants import IGNORE_INDEX
-from mtl_lightning.data.dense_map_files import (
-    DENSE_MAP_TASKS,
-    dense_map_specs,
-    placeholder,
-    read_dense_map,
-)
+from mtl_lightning.data.dense_map_files import dense_map_specs, placeholder, read_dense_map
 from mtl_lightning.data.image_labels import ImageLabels, image_class_names, resolve_image_labels
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ensure_inside, load_rgb
 from mtl_lightning.data.validation import DataError, load_and_validate
 
+#: The task instances a COCO file labels by itself, named after their registered types
+#: (image labels: classification, masks: segmentation, boxes: detection); any other task of
+#: ``tasks`` is a dense-map task (``dense_maps``).
 TASK_NAMES = ("classification", "segmentation", "detection")
 
 # Re-exported: the data modules import them from here.
@@ -132,7 +130,7 @@ class CocoMultiTaskDataset(Dataset):
             max_pixels=max_image_pixels, image_label_field=image_label_field,
             image_labels=image_labels, allow_outside_images=allow_outside_images,
         )
-        wanted = set(self.tasks) & set(DENSE_MAP_TASKS)
+        wanted = set(self.tasks) - set(TASK_NAMES)
         self.dense_maps = {
             task: spec for task, spec in dense_map_specs(
                 dense_maps if dense_maps is not None else coco.get("dense_maps"),
@@ -196,7 +194,7 @@ class CocoMultiTaskDataset(Dataset):
             else:
                 boxes.append([x, y, x + w, y + h])
                 labels.append(label)
-        labelled = set(image.get("labelled_tasks", (*TASK_NAMES, *DENSE_MAP_TASKS)))
+        labelled = set(image.get("labelled_tasks", self.tasks))
         if unsegmented:
             labelled.discard("segmentation")
         return ImageRecord(
@@ -306,7 +304,7 @@ class CocoMultiTaskDataset(Dataset):
             path = spec.path(record.path)
             has[task] = has.get(task, True) and path is not None
             targets[task] = (read_dense_map(spec, path, (height, width)) if path is not None
-                             else placeholder(task, (height, width)))
+                             else placeholder(spec, (height, width)))
         sample = {
             "image": tv_tensors.Image(image),
             "targets": targets,

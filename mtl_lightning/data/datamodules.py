@@ -1,7 +1,10 @@
 """LightningDataModules: loaders, transforms and the class information the model needs.
 
-Every data module exposes ``task_info`` (task -> ``{"num_classes", "class_names"}``); the CLI
-links it into the model, so class counts always come from the data.
+Every data module exposes ``task_info`` (task instance name -> ``{"type", "num_classes",
+"class_names"}``, ``type`` omitted where it equals the name); the CLI links it into the model,
+so class counts always come from the data. Samples' ``targets`` and ``has`` are keyed by the
+same instance names, so a reader can label two tasks of one type (``drivable`` and ``lanes``,
+both segmentation).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from mtl_lightning.data.coco import (
     segmentation_category_ids,
 )
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.dense_map_files import DENSE_MAP_TASKS
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
 from mtl_lightning.data.scenes import DENSE_TASK_NAMES, ScenesConfig, ensure_scenes
 from mtl_lightning.data.transforms import ResizeMode, eval_transforms, train_transforms
@@ -101,9 +103,9 @@ class MultiTaskDataModule(LightningDataModule):
     """Shared loader and transform options of every data module.
 
     Args:
-        tasks: tasks to load labels for; ``None`` (the default) loads every task the data
-            labels (a subclass decides which: Scenes labels all three, a COCO file what it
-            holds). A named task the data cannot label is an error.
+        tasks: task instances to load labels for; ``None`` (the default) loads every task the
+            data labels (a subclass decides which: Scenes labels all three, a COCO file what
+            it holds). A named task the data cannot label is an error.
         image_size: training/evaluation size in pixels: one int (a square) or
             ``[height, width]`` (e.g. ``[288, 384]``, the NYUv2 protocol's).
         batch_size: training batch size (per process).
@@ -141,13 +143,6 @@ class MultiTaskDataModule(LightningDataModule):
         resize: ResizeMode = "stretch",
     ) -> None:
         super().__init__()
-        from mtl_lightning.tasks import TASKS  # the registry is the one list of task types
-
-        unknown = set(tasks or ()) - set(TASKS)
-        if unknown:
-            raise ValueError(
-                f"data.tasks has unknown task(s) {sorted(unknown)}; available: {sorted(TASKS)}."
-            )
         self.named_tasks = tasks is not None  # named by the user, else followed from the data
         self.tasks = tuple(tasks) if tasks is not None else TASK_NAMES
         self.image_size = image_size
@@ -267,6 +262,12 @@ class ScenesDataModule(MultiTaskDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        unknown = set(self.tasks) - {*TASK_NAMES, *DENSE_TASK_NAMES}
+        if unknown:
+            raise ValueError(
+                f"data.tasks has unknown task(s) {sorted(unknown)}; Scenes labels "
+                f"{[*TASK_NAMES, *DENSE_TASK_NAMES]}."
+            )
         if not self.named_tasks:  # follow the data: the tasks this set labels
             self.tasks = (*TASK_NAMES, *(DENSE_TASK_NAMES if dense else ()))
         elif not dense and set(self.tasks) & set(DENSE_TASK_NAMES):
@@ -337,8 +338,7 @@ def tasks_in_file(coco: dict[str, Any], image_labels: ImageLabels,
     labels = {"classification": image_labels != "off",
               "segmentation": has_categories and has_masks,
               "detection": has_categories}
-    dense = tuple(task for task in DENSE_MAP_TASKS if task in (dense_maps or {}))
-    return (*(task for task in TASK_NAMES if labels[task]), *dense)
+    return (*(task for task in TASK_NAMES if labels[task]), *(dense_maps or {}))
 
 
 class CocoDataModule(MultiTaskDataModule):
@@ -440,8 +440,9 @@ class CocoDataModule(MultiTaskDataModule):
         train = load_coco_json(self.files["train"][0])
         self.image_labels = resolve_image_labels(train, image_labels, image_label_field,
                                                  self.files["train"][0])
+        self.file_dense_maps = train.get("dense_maps")
         labelled = tasks_in_file(train, self.image_labels,
-                                 dense_maps if dense_maps is not None else train.get("dense_maps"))
+                                 dense_maps if dense_maps is not None else self.file_dense_maps)
         if self.named_tasks:
             missing = [t for t in self.tasks if t not in labelled]
             if missing:
@@ -474,8 +475,10 @@ class CocoDataModule(MultiTaskDataModule):
                              "category_ids": segmentation_category_ids(ids)},
             "detection": {"num_classes": len(names), "class_names": list(names),
                           "category_ids": list(ids)},
-            "depth": {}, "normals": {},  # regression tasks: no classes
         }
+        dense = self.dense_maps if self.dense_maps is not None else self.file_dense_maps
+        for task, entry in (dense or {}).items():  # regression tasks: no classes
+            info[task] = {"type": entry["type"]} if "type" in (entry or {}) else {}
         return {task: info[task] for task in self.tasks}
 
     def _split_ids(self, split: str) -> set[int] | None:

@@ -34,6 +34,7 @@ from torchvision import tv_tensors
 
 from mtl_lightning.data.coco import IGNORE_INDEX, TASK_NAMES
 from mtl_lightning.data.images import load_rgb
+from mtl_lightning.tasks import UnknownTaskError, task_class
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 Sample = dict[str, Any]
@@ -44,24 +45,17 @@ class DataSourceError(ValueError):
     """A dataset folder or source configuration a user must fix (one sentence)."""
 
 
-def placeholder_target(task: str, height: int, width: int) -> Any:
-    """The target of a task a sample is not labelled for (``has[task]`` is False).
-
-    Classification -1, an all-ignore (255) mask of the image size, no boxes: shaped like real
-    targets so that transforms resize them and collation stacks them with labelled samples.
-    """
-    if task == "classification":
-        return torch.tensor(-1)
-    if task == "segmentation":
-        return tv_tensors.Mask(torch.full((height, width), IGNORE_INDEX, dtype=torch.uint8))
-    if task == "detection":
-        return {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)
-            ),
-            "labels": torch.zeros(0, dtype=torch.int64),
-        }
-    raise DataSourceError(f"No placeholder target for unknown task '{task}'; use {TASK_NAMES}.")
+def placeholder_target(task_type: str, height: int, width: int) -> Any:
+    """The target of a task a sample is not labelled for (``has[task]`` is False): the
+    placeholder its type declares (:meth:`~mtl_lightning.tasks.base.Task.placeholder_target`;
+    classification -1, an all-ignore (255) mask of the image size, no boxes, an all-invalid
+    dense map), shaped like real targets so that transforms resize them and collation stacks
+    them with labelled samples. ``task_type`` is a registered type name or a class path."""
+    try:
+        return task_class(task_type).placeholder_target(height, width)
+    except (UnknownTaskError, NotImplementedError) as error:
+        raise DataSourceError(f"No placeholder target for task type '{task_type}': {error}") \
+            from None
 
 
 def _examples(names: list[str]) -> str:

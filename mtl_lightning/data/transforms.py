@@ -131,12 +131,18 @@ def content_size(orig_size: tuple[int, int], image_size: ImageSize,
 
 
 def _detection_labels(detection: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The per-box tensors that must be dropped together with their boxes."""
-    return tuple(detection[key] for key in ("labels", "iscrowd") if key in detection)
+    """The per-box tensors that must be dropped together with their boxes: every other
+    tensor of the target with one entry per box (``labels``, ``iscrowd``, ...)."""
+    boxes = next(v for v in detection.values() if isinstance(v, tv_tensors.BoundingBoxes))
+    return tuple(value for value in detection.values()
+                 if isinstance(value, torch.Tensor) and value is not boxes
+                 and value.ndim >= 1 and len(value) == len(boxes))
 
 
 class SanitizeDetection(v2.Transform):
-    """torchvision's ``SanitizeBoundingBoxes`` applied to the detection targets alone.
+    """torchvision's ``SanitizeBoundingBoxes`` applied to each box target alone: every
+    target that is a dict holding ``BoundingBoxes`` (a detection task, whatever its instance
+    name), with its per-box labels.
 
     On a whole sample it would also index every ``tv_tensors.Mask`` by the boxes it keeps
     (it takes masks for per-object instance masks): a segmentation mask, depth map or normal
@@ -152,16 +158,17 @@ class SanitizeDetection(v2.Transform):
     def forward(self, *inputs: Any) -> Any:
         sample = inputs[0] if len(inputs) == 1 else inputs
         targets = sample.get("targets", {}) if isinstance(sample, dict) else {}
-        if "detection" not in targets:
+        boxed = {name: target for name, target in targets.items() if isinstance(target, dict)
+                 and any(isinstance(v, tv_tensors.BoundingBoxes) for v in target.values())}
+        if not boxed:
             return sample
-        return {**sample, "targets": {**targets, "detection": self.sanitize(
-            targets["detection"])}}
+        return {**sample, "targets": {**targets, **{
+            name: self.sanitize(target) for name, target in boxed.items()}}}
 
 
 def _finish(tasks: tuple[str, ...]) -> list[v2.Transform]:
-    steps: list[v2.Transform] = []
-    if "detection" in tasks:
-        steps.append(SanitizeDetection(min_size=1.0))
+    # Box targets are found by their type, not by task name (see SanitizeDetection).
+    steps: list[v2.Transform] = [SanitizeDetection(min_size=1.0)]
     # Images leave the pipeline in [0, 1]: the model normalises them with its backbone's own
     # statistics (see mtl_lightning.models.input_normalization), saved in its checkpoints.
     steps.append(v2.ToDtype(torch.float32, scale=True))

@@ -413,9 +413,9 @@ def _known_tasks() -> tuple[str, ...]:
     """The tasks a COCO file can label: its own three and the dense-map tasks."""
     # Imported here: coco.py imports this module to validate its file (no import cycle).
     from mtl_lightning.data.coco import TASK_NAMES
-    from mtl_lightning.data.dense_map_files import DENSE_MAP_TASKS
+    from mtl_lightning.data.dense_map_files import dense_map_types
 
-    return (*TASK_NAMES, *DENSE_MAP_TASKS)
+    return (*TASK_NAMES, *dense_map_types())
 
 
 class _Cleaner:

@@ -1,9 +1,17 @@
 """The Task interface: everything one task owns, in one place.
 
 A task owns its head (the layers after the shared neck), its loss, how raw outputs become
-predictions, its metrics, and how to serialise and draw a prediction. The LightningModule
-only loops over tasks, so adding a task (say depth) is one new file in ``tasks/`` plus a
-registry entry; nothing else changes.
+predictions, its metrics, how to serialise and draw a prediction, and its data side: the
+placeholder target of a sample it does not label, how a target is drawn as ground truth, what
+W&B shows of it and its post-processing inside an exported graph. The LightningModule, the
+data modules, the callbacks and ``export`` ask the task instead of switching on task names, so
+adding a task type is one new file (in ``tasks/`` plus a registry entry, or anywhere, given by
+its import path as ``class_path``).
+
+Tasks are named instances of task types: ``type_name`` is the class's registry key
+(``segmentation``), ``name`` the instance's name in ``model.tasks`` (``drivable``, ``lanes``),
+set by :func:`mtl_lightning.tasks.build_task`; the metric keys, targets and ``has`` flags use
+the instance name.
 
 Partial labels: every loss and metric update receives ``has``, a bool[B] mask of the samples
 that carry this task's labels. Unlabelled samples contribute nothing; a batch with no labelled
@@ -33,11 +41,21 @@ class Task(nn.Module, ABC):
         class_names: one name per class, normally filled in from the data module.
     """
 
-    name: ClassVar[str]
+    #: The task type: the registry key (``segmentation``); a class that does not declare
+    #: one (a task from outside the package) has its import path, its ``class_path``.
+    type_name: ClassVar[str]
+    #: The instance name (``model.tasks`` key); the type name until ``build_task`` sets it.
+    name: str
     #: The metric that summarises this task (higher is better), used for ``{stage}/mtl/score``.
     headline_metric: ClassVar[str]
-    #: Metric names where lower is better (none of the built-in headline ones).
+    #: Metric names where lower is better, for a metric that does not say so itself
+    #: (torchmetrics' ``higher_is_better``, which wins where it is set).
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    #: Whether training batches update metrics too (``model.train_metrics``); off for a task
+    #: whose metric is too costly to run every step (detection mAP).
+    metrics_on_train: ClassVar[bool] = True
+    #: Drawing order over one image (lower first): masks, then boxes, then image labels.
+    draw_order: ClassVar[int] = 50
     #: An auxiliary task is trained like any other but left out of ``{stage}/mtl/score`` and
     #: of delta_m by default.
     auxiliary: ClassVar[bool] = False
@@ -46,13 +64,62 @@ class Task(nn.Module, ABC):
     #: Whether the task predicts classes (and so needs the data's class count); regression
     #: tasks such as depth and normals do not.
     has_classes: ClassVar[bool] = True
+    #: Whether its targets are per-image dense maps read by ``decode_map`` (depth, normals).
+    reads_dense_maps: ClassVar[bool] = False
     #: Whether ``draw`` makes a picture of its own (a depth or normal map) to be shown beside
     #: the image, rather than drawing over the image (masks, boxes, class names).
     draws_panel: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "type_name" not in cls.__dict__:  # not a registered type: its import path
+            cls.type_name = f"{cls.__module__}.{cls.__qualname__}"
+        cls.name = cls.type_name  # until build_task names the instance
+
     def derive_targets(self, source: Any) -> Any:
-        """This task's targets from the batch targets of ``derived_from``."""
+        """This task's targets from the batch targets of its source task (``self.source``,
+        an instance of type ``derived_from``)."""
         raise NotImplementedError(f"Task '{self.name}' has labels of its own.")
+
+    #: The instance whose targets ``derive_targets`` reads (set by ``build_task``).
+    source: str | None = None
+
+    # -------------------------------------------------------------- data side
+    @classmethod
+    def placeholder_target(cls, height: int, width: int) -> Any:
+        """The target of a sample that is not labelled for this task (``has`` False),
+        shaped like a real one so that the joint transforms move it and collation stacks it
+        with labelled samples."""
+        raise NotImplementedError(
+            f"Task type '{cls.type_name}' has no placeholder target; a data source that "
+            "leaves it unlabelled needs one (define placeholder_target)."
+        )
+
+    def target_as_prediction(self, target: Any, crowd: bool = False) -> Any:
+        """One sample's target in the form ``draw`` and ``prediction_to_json`` take, so the
+        ground truth is drawn like a prediction. ``crowd``: keep regions that no metric
+        counts, flagged (pictures), instead of leaving them out."""
+        return target
+
+    def export_outputs(self, outputs: Any) -> Any:
+        """Tensor-only post-processing of the head's raw outputs inside an exported graph
+        (``export --postprocess true``): fixed shapes, no Python control flow on values.
+        Default: the raw outputs."""
+        return outputs
+
+    def wandb_masks(self, prediction: Any, truth: Any | None) -> dict[str, Any]:
+        """W&B image masks (``{"prediction": {"mask_data", "class_labels"}, ...}``) of one
+        picture; none by default."""
+        return {}
+
+    def wandb_boxes(self, prediction: Any, truth: Any | None) -> dict[str, Any]:
+        """W&B image boxes (``{"predictions": {"box_data", "class_labels"}, ...}``) of one
+        picture; none by default."""
+        return {}
+
+    def caption(self, prediction: Any, truth: Any | None) -> str | None:
+        """A line of the W&B image caption (image-level labels); none by default."""
+        return None
 
     def __init__(self, num_classes: int | None, class_names: list[str] | None = None) -> None:
         super().__init__()

@@ -66,7 +66,8 @@ class ClassificationTask(Task):
             (default: ``accuracy`` single-label, ``map`` multi-label; see the module docstring).
     """
 
-    name = "classification"
+    type_name = "classification"
+    draw_order = 30  # the image label on top of masks and boxes
     headline_metric = "accuracy"  # single-label default; see ``headline``
 
     def __init__(
@@ -176,6 +177,34 @@ class ClassificationTask(Task):
         if self.multilabel or len(entries) != 1:
             return entries
         return entries[0]
+
+    @classmethod
+    def placeholder_target(cls, height: int, width: int) -> torch.Tensor:
+        """-1: no class."""
+        return torch.tensor(-1)
+
+    def target_as_prediction(self, target: torch.Tensor, crowd: bool = False) -> Any:
+        """A class index or a multi-hot vector -> ``{"labels", "scores"}`` with scores of 1
+        and ``"ground_truth": True`` (pictures then leave the scores out)."""
+        labels = target.nonzero().flatten() if target.ndim else target.reshape(1)
+        return {"labels": labels.long(), "scores": torch.ones(len(labels)), "ground_truth": True}
+
+    def export_outputs(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Probabilities (sigmoid for a multi-label head) and, single-label, the class."""
+        if self.multilabel:
+            return {"scores": outputs.float().sigmoid()}
+        scores = outputs.float().softmax(-1)
+        return {"scores": scores, "labels": scores.argmax(-1)}
+
+    def caption(self, prediction: dict[str, torch.Tensor],
+                truth: dict[str, torch.Tensor] | None) -> str:
+        """``true: <classes> / predicted: <classes>``."""
+        names = ", ".join(self.class_names[int(c)] for c in prediction["labels"])
+        caption = f"predicted: {names or '(none)'}"
+        if truth is not None:
+            true_names = ", ".join(self.class_names[int(c)] for c in truth["labels"])
+            caption = f"true: {true_names or '(none)'} / {caption}"
+        return caption
 
     def draw(self, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
         """Write the class name(s) with scores in the top-left corner, one per line (names

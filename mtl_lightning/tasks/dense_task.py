@@ -9,8 +9,10 @@ padding and resizing bilinearly.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +40,28 @@ class DenseRegressionTask(Task):
     out_channels: ClassVar[int]
     has_classes = False
     draws_panel = True
+    #: Its targets are per-image dense maps (``data.dense_maps``, see
+    #: :mod:`mtl_lightning.data.dense_map_files`), read by :meth:`decode_map`.
+    reads_dense_maps = True
+
+    @classmethod
+    def target_type(cls) -> type:
+        """The tv_tensor of its target (how the joint transforms move it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def placeholder_target(cls, height: int, width: int) -> torch.Tensor:
+        """All invalid: zeros (depth 0, the zero normal vector)."""
+        return cls.target_type()(torch.zeros(cls.out_channels, height, width))
+
+    @classmethod
+    def decode_map(cls, array: np.ndarray, path: Path, scale: float) -> np.ndarray:
+        """A map file's array as ``[out_channels, H, W]`` float32 in the task's unit; a
+        wrong channel count is one sentence naming ``path``."""
+        raise NotImplementedError
+
+    def target_as_prediction(self, target: torch.Tensor, crowd: bool = False) -> Any:
+        return target
 
     def __init__(self, decoder_channels: int = 64, decoder: DecoderKind = "fpn",
                  aspp_rates: tuple[int, ...] = (12, 24, 36), dropout: float = 0.0,

@@ -19,6 +19,7 @@ Targets are ``[B, H, W]`` (or ``[B, 1, H, W]``) float maps in the data's depth u
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -59,10 +60,32 @@ class DepthTask(DenseRegressionTask):
         max_depth: the depth at which pictures saturate (default: each map's own maximum).
     """
 
-    name = "depth"
+    type_name = "depth"
     out_channels = 1
     headline_metric = "delta1"
     lower_is_better = frozenset({"abs_err", "rel_err", "rmse"})
+
+    @classmethod
+    def target_type(cls) -> type:
+        from mtl_lightning.data.dense_maps import DepthMap  # data imports tasks, not back
+
+        return DepthMap
+
+    @classmethod
+    def decode_map(cls, array: np.ndarray, path: Path, scale: float) -> np.ndarray:
+        """One channel (a 16-bit grey PNG, an ``H x W`` or ``H x W x 1`` array) times
+        ``scale``."""
+        from mtl_lightning.data.errors import DataError
+
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim != 2:
+            raise DataError(f"The depth map '{path}' has shape {array.shape}; a depth map "
+                            "has one channel (a 16-bit grey PNG or an H x W array).")
+        return (array.astype(np.float32) * scale)[None]
+
+    def target_as_prediction(self, target: torch.Tensor, crowd: bool = False) -> Any:
+        return target[0] if target.dim() == 3 else target
 
     def __init__(
         self,

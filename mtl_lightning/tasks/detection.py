@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
+from torchvision import tv_tensors
 from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.utils import draw_bounding_boxes
 
@@ -40,6 +41,7 @@ from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.drawing import non_overlapping_labels
 from mtl_lightning.tasks.segmentation import IGNORE_COLOR, class_colors
+from mtl_lightning.tasks.wandb_media import box_data, class_labels
 
 #: Scalar entries of torchmetrics' MeanAveragePrecision that are logged (it also returns
 #: per-class tensors and the class list, which are not scalars).
@@ -95,7 +97,9 @@ class DetectionTask(Task):
         max_detections: detections kept per image after NMS.
     """
 
-    name = "detection"
+    type_name = "detection"
+    metrics_on_train = False  # COCO mAP on every training batch costs more than the step
+    draw_order = 20  # boxes over masks, under image labels
     headline_metric = "map_50"
 
     def __init__(
@@ -300,6 +304,56 @@ class DetectionTask(Task):
         """Only the scalar entries of MeanAveragePrecision's result (it also returns lists)."""
         results = metrics["map"].compute()
         return {key: results[key] for key in MAP_KEYS if key in results}
+
+    @classmethod
+    def placeholder_target(cls, height: int, width: int) -> dict[str, torch.Tensor]:
+        """No boxes, on a canvas of the image's size."""
+        return {
+            "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
+                                              canvas_size=(height, width)),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        }
+
+    def target_as_prediction(self, target: dict[str, torch.Tensor],
+                             crowd: bool = False) -> dict[str, torch.Tensor]:
+        """Boxes with scores of 1 and ``"ground_truth": True``; crowd regions are left out,
+        or kept and flagged ``iscrowd`` (``crowd=True``, for pictures)."""
+        is_crowd = target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.bool))
+        keep = torch.ones_like(is_crowd.bool()) if crowd else ~is_crowd.bool()
+        truth = {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep],
+                 "scores": torch.ones(int(keep.sum())), "ground_truth": True}
+        if crowd:
+            truth["iscrowd"] = is_crowd.bool()[keep]
+        return truth
+
+    def export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`postprocess` up to (not including) its threshold and NMS, in fixed shapes:
+        the ``pre_nms_topk`` highest heatmap peaks' boxes, scores and labels."""
+        heat = outputs["heatmap"].float().sigmoid()
+        _, classes, height, width = heat.shape
+        peaks = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1))
+        k = min(self.pre_nms_topk, classes * height * width)
+        scores, index = peaks.flatten(1).topk(k)
+        cells = index % (height * width)
+        boxes = torch.gather(self.decode_boxes(outputs["box"]), 1,
+                             cells[..., None].expand(-1, -1, 4))
+        return {"boxes": boxes, "scores": scores, "labels": index // (height * width)}
+
+    def wandb_boxes(self, prediction: dict[str, torch.Tensor],
+                    truth: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        """Predicted boxes, and the true ones (crowd regions left out)."""
+        labels = class_labels(self.class_names)
+        boxes = {"predictions": {"box_data": box_data(prediction["boxes"], prediction["labels"],
+                                                      prediction["scores"], self.class_names),
+                                 "class_labels": labels}}
+        if truth is not None:
+            keep = ~truth.get("iscrowd", torch.zeros(len(truth["labels"]), dtype=torch.bool))
+            boxes["ground_truth"] = {"box_data": box_data(truth["boxes"][keep],
+                                                          truth["labels"][keep],
+                                                          truth["scores"][keep],
+                                                          self.class_names),
+                                     "class_labels": labels}
+        return boxes
 
     def resize_prediction(
         self, prediction: dict[str, torch.Tensor], from_size: tuple[int, int],

@@ -1,19 +1,20 @@
 """Edge detection: per-pixel boundary / not boundary.
 
-Two sources of targets (``derive_from``):
+Two sources of targets (``own_labels``):
 
-- ``"segmentation"`` (the default; an auxiliary task, task decomposition): no new labels, the
+- ``false`` (the default; an auxiliary task, task decomposition): no new labels, the
   target is derived on the fly from the segmentation masks a dataset already has (a pixel is
   an edge when a 4-neighbour has another class), so adding ``edges: null`` under
   ``model.tasks`` is the whole change, on any data with segmentation labels. Edges make the
   shared features attend to object outlines, the cue segmentation and detection both need;
   whether that helps them is measured in the README's experiment table. Auxiliary tasks are
   trained and weighted like any task, but left out of ``{stage}/mtl/score`` and of delta_m
-  by default: they are a means, not a goal.
-- ``null``: the data's own edge labels (a uint8 mask per image: 1 edge, 0 not, 255 ignore),
+  by default: they are a means, not a goal. ``source`` names the segmentation instance to
+  derive from when the data has several.
+- ``true``: the data's own edge labels (a uint8 mask per image: 1 edge, 0 not, 255 ignore),
   as NYUD-v2 and PASCAL-Context provide them. Then edges are a task of their own, scored
   like the others. A data module that labels edges says so in its ``task_info``
-  (``{"derive_from": null}``), so ``edges: null`` in ``model.tasks`` is still the whole
+  (``{"own_labels": true}``), so ``edges: null`` in ``model.tasks`` is still the whole
   change.
 """
 
@@ -72,24 +73,25 @@ class EdgeTask(Task):
         head_channels: width of the head's hidden layer.
         width: edge thickness in pixels (edges derived from masks).
         pos_weight: weight of the (rare) edge pixels in the binary cross-entropy.
-        derive_from: the task whose masks the edges are derived from (an auxiliary task), or
-            ``None``: the data labels edges itself (a task of its own, in the score).
+        own_labels: train on the data's own edge labels (a task of its own, in the score)
+            instead of deriving them from segmentation masks (an auxiliary task).
     """
 
-    name = "edges"
+    type_name = "edges"
     headline_metric = "f1"
     auxiliary: ClassVar[bool] = True
     derived_from: ClassVar[str | None] = "segmentation"
 
     def __init__(self, num_classes: int = 1, class_names: list[str] | None = None,
                  head_channels: int = 32, width: int = 1, pos_weight: float = 4.0,
-                 derive_from: str | None = "segmentation") -> None:
+                 own_labels: bool = False) -> None:
         super().__init__(1, ["edge"])
         self.head_channels, self.width, self.pos_weight = head_channels, width, pos_weight
         # Instance attributes over the class defaults: with its own labels the task reads
         # them like any task (module.task_labels) and counts in the score and delta_m.
-        self.derived_from = derive_from
-        self.auxiliary = derive_from is not None
+        self.own_labels = own_labels
+        self.derived_from = None if own_labels else type(self).derived_from
+        self.auxiliary = not own_labels
 
     def derive_targets(self, source: torch.Tensor) -> torch.Tensor:
         return mask_edges(source, self.width)

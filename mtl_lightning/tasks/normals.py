@@ -20,6 +20,7 @@ joint transforms do that, not this task.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -51,10 +52,32 @@ class NormalsTask(DenseRegressionTask):
         dropout: dropout before the prediction conv.
     """
 
-    name = "normals"
+    type_name = "normals"
     out_channels = 3
     headline_metric = "within_11_25"
     lower_is_better = frozenset({"mean_angle", "median_angle"})
+
+    @classmethod
+    def target_type(cls) -> type:
+        from mtl_lightning.data.dense_maps import NormalMap  # data imports tasks, not back
+
+        return NormalMap
+
+    @classmethod
+    def decode_map(cls, array: np.ndarray, path: Path, scale: float) -> np.ndarray:
+        """Three channels: an 8-bit RGB PNG in the ``(n + 1) / 2 * 255`` encoding (black:
+        no ground truth) or an ``H x W x 3`` float array of components."""
+        from mtl_lightning.data.errors import DataError
+
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise DataError(f"The normal map '{path}' has shape {array.shape}; a normal map "
+                            "has 3 channels (an RGB PNG or an H x W x 3 array).")
+        if array.dtype == np.uint8:
+            valid = array.any(axis=-1, keepdims=True)
+            values = (array.astype(np.float32) / 255.0 * 2.0 - 1.0) * valid
+        else:
+            values = array.astype(np.float32)
+        return np.moveaxis(values, -1, 0)
 
     def __init__(
         self,

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchvision import tv_tensors
 from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.dense_decoders import ASPPDecoder, DecoderKind, decoder_pyramid_levels
 from mtl_lightning.tasks.drawing import dense_to_size
+from mtl_lightning.tasks.wandb_media import WANDB_IGNORE, class_labels, wandb_mask
 
 IGNORE_INDEX = 255
 #: Colour of ignored pixels (255, void, crowd) in pictures of ground truth.
@@ -61,7 +63,8 @@ class SegmentationTask(Task):
         aspp_rates: the ASPP's atrous rates (``decoder: aspp``).
     """
 
-    name = "segmentation"
+    type_name = "segmentation"
+    draw_order = 10  # masks first, under boxes and labels
     headline_metric = "miou"
 
     def __init__(
@@ -158,6 +161,28 @@ class SegmentationTask(Task):
     ) -> None:
         if bool(has.any()):
             metrics.update(outputs[has].detach().argmax(1), targets[has].long())
+
+    @classmethod
+    def placeholder_target(cls, height: int, width: int) -> tv_tensors.Mask:
+        """An all-ignore (255) mask of the image's size."""
+        return tv_tensors.Mask(torch.full((height, width), IGNORE_INDEX, dtype=torch.uint8))
+
+    def target_as_prediction(self, target: torch.Tensor, crowd: bool = False) -> torch.Tensor:
+        return target.long()
+
+    def export_outputs(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class ids ``[B, S, S]``."""
+        return {"labels": outputs.argmax(1)}
+
+    def wandb_masks(self, prediction: torch.Tensor,
+                    truth: torch.Tensor | None) -> dict[str, Any]:
+        labels = {**class_labels(self.class_names), WANDB_IGNORE: "ignore"}
+        masks = {"prediction": {"mask_data": wandb_mask(prediction, self.num_classes),
+                                "class_labels": labels}}
+        if truth is not None:
+            masks["ground_truth"] = {"mask_data": wandb_mask(truth, self.num_classes),
+                                     "class_labels": labels}
+        return masks
 
     def resize_prediction(
         self, prediction: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from mtl_lightning.data.benchmarks import NYUDDataModule
 from mtl_lightning.data.benchmarks.synthetic import write_nyud
 from mtl_lightning.data.dense_maps import DepthMap, NormalMap
 from mtl_lightning.data.errors import DataError
+from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.tasks import build_task
 from tests.conftest import REPO
 
@@ -74,10 +76,19 @@ def test_a_flip_negates_the_normals_x_and_moves_every_map(nyud: Path) -> None:
 
 def test_edges_train_on_the_datas_own_labels(nyud: Path) -> None:
     module = data(nyud)
-    edges = build_task("edges", None, module.task_info["edges"])
-    assert edges.derived_from is None and not edges.auxiliary  # a task of its own
+    edges = build_task("edges", None, module.task_info["edges"], task_info=module.task_info)
+    assert edges.source is None and not edges.auxiliary  # a task of its own, in the score
+    batch = {"image": torch.zeros(2, 3, 4, 4),
+             "targets": {"edges": torch.ones(2, 4, 4, dtype=torch.uint8),
+                         "segmentation": torch.zeros(2, 4, 4, dtype=torch.uint8)},
+             "has": {"edges": torch.tensor([True, False]),
+                     "segmentation": torch.tensor([True, True])}}
+    model = SimpleNamespace(tasks={"edges": edges}, device=torch.device("cpu"),
+                            _has=lambda b, n: MultiTaskModule._has(model, b, n))
+    has, target = MultiTaskModule.task_labels(model, batch, "edges")
+    assert has.tolist() == [True, False] and torch.equal(target, batch["targets"]["edges"])
     derived = build_task("edges", None, None)  # on data without edge labels: from the masks
-    assert derived.derived_from == "segmentation" and derived.auxiliary
+    assert derived.source == "segmentation" and derived.auxiliary
 
 
 def test_cached_samples_are_read_once(nyud: Path) -> None:

@@ -36,7 +36,7 @@ def test_task_info_names_the_instances_and_their_types(pascal: Path) -> None:
         "semseg": "segmentation", "human_parts": "segmentation", "saliency": "segmentation",
         "normals": None, "edges": None}
     assert [info[n]["num_classes"] for n in ("semseg", "human_parts", "saliency")] == [21, 7, 2]
-    assert info["edges"] == {"derive_from": None}
+    assert info["edges"] == {"own_labels": True}
 
 
 def test_reads_the_five_tasks_as_astmt_does(pascal: Path) -> None:

@@ -33,7 +33,7 @@ def _classification(multilabel: bool):
 ])
 def test_classification_draws_and_describes_any_ground_truth(target: torch.Tensor) -> None:
     task = _classification(multilabel=target.ndim == 1)
-    truth = ground_truth_as_prediction("classification", target)
+    truth = ground_truth_as_prediction(task, target)
     drawn = task.draw(_image(), truth)
     assert drawn.shape == (3, HEIGHT, WIDTH) and drawn.dtype == torch.uint8
     assert not torch.equal(drawn, _image())  # a name, or "(none)", is written
@@ -78,12 +78,12 @@ def test_detection_draws_clipped_boxes_crowd_and_empty_images() -> None:
     task = build_task("detection", {}, {"num_classes": 2, "class_names": ["nut", "date"]})
     target = {"boxes": torch.tensor([[5.0, 5, 30, 30], [40, -20, 120, 50]]),
               "labels": torch.tensor([0, 1]), "iscrowd": torch.tensor([False, True])}
-    truth = ground_truth_as_prediction("detection", target, crowd=True)
+    truth = ground_truth_as_prediction(task, target, crowd=True)
     drawn = task.draw(_image(), truth)
     assert drawn.shape == (3, HEIGHT, WIDTH)
     # The crowd box reaches past the top and right edges: clipped, its sides drawn in grey.
     assert torch.equal(drawn[:, 30, WIDTH - 1], torch.tensor(IGNORE_COLOR, dtype=torch.uint8))
-    assert len(ground_truth_as_prediction("detection", target)["boxes"]) == 1  # for metrics
+    assert len(ground_truth_as_prediction(task, target)["boxes"]) == 1  # for metrics
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long(),
              "scores": torch.zeros(0)}
     assert torch.equal(task.draw(_image(), empty), _image())

@@ -113,7 +113,7 @@ class NYUDDataModule(ListedFilesDataModule):
         info: dict[str, dict[str, Any]] = {
             "segmentation": {"num_classes": len(NYUD_CLASSES), "class_names": list(NYUD_CLASSES)},
             "depth": {}, "normals": {},
-            "edges": {"derive_from": None},  # the data's own boundary labels
+            "edges": {"own_labels": True},  # the data's own boundary labels
         }
         return {task: info[task] for task in self.tasks}
 

@@ -236,7 +236,7 @@ class PascalContextDataModule(ListedFilesDataModule):
             "human_parts": segmentation(HUMAN_PART_CLASSES),
             "saliency": segmentation(SALIENCY_CLASSES),
             "normals": {},
-            "edges": {"derive_from": None},  # boundaries of the data's own label maps
+            "edges": {"own_labels": True},  # boundaries of the data's own label maps
         }
         return {task: info[task] for task in self.tasks}
 
