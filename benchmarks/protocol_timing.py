@@ -36,6 +36,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
 from suite.common import REPO, StepTimer, build_cli, machine, quiet, spread
 
 from mtl_lightning.data.benchmarks.synthetic import (

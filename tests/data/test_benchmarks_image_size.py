@@ -58,3 +58,4 @@ def test_a_rectangle_stretches_to_height_by_width() -> None:
     assert size_hw(96) == (96, 96)
     with pytest.raises(ValueError, match=r"data.image_size must be an int or \[height, width\]"):
         size_hw((1, 2, 3))
+

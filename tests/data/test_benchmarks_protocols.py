@@ -27,7 +27,7 @@ PROTOCOLS = {
     "cityscapes_resnet50": (
         lambda root: write_mtan(root, COUNTS, (16, 32), ("label_7", "depth"), classes=7),
         "[16, 32]", ("val/segmentation/pixel_accuracy", "val/depth/rel_err")),
-    "nyud_hrnet18": (lambda root: write_nyud(root, COUNTS, (42, 56)), "[32, 48]",
+    "nyud_hrnet18": (lambda root: write_nyud(root, COUNTS, (42, 56)), "[32, 64]",  # HRNet: /32
                      ("val/segmentation/miou", "val/depth/rmse")),
     "pascal_context_resnet": (lambda root: write_pascal_context(root, COUNTS, (30, 40)), "32",
                               ("val/semseg/miou", "val/human_parts/miou", "val/saliency/miou",
