@@ -85,7 +85,7 @@ def run_one(name: str, root: Path, steps: int | None, warmup: int, device: str) 
         f"--trainer.max_steps={warmup + steps + 1}"]
     cli = build_cli(f"--data.init_args.root={root}", "--model.pretrained=false",
                     "--trainer.limit_val_batches=0", f"--trainer.precision={precision}",
-                    "--trainer.enable_checkpointing=false", *limit,
+                    *limit,
                     config=REPO / "configs" / "experiment" / f"{name}.yaml", device=device)
     timer = StepTimer(sync=device == "cuda")
     cli.trainer.callbacks.append(timer)
@@ -131,7 +131,9 @@ def measure(name: str, workdir: Path, steps: int | None, warmup: int, device: st
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     command = [sys.executable, __file__, "--one", name, "--root", str(root), "--warmup",
                str(warmup), "--device", device, "--steps", "epoch" if steps is None else str(steps)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    output = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if output.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{output.stderr[-3000:]}")
     result = json.loads(output.stdout.strip().splitlines()[-1])
     steps_per_epoch = math.ceil(real["train"] / batch)
     median = result["seconds_per_step"]["median"]
@@ -159,7 +161,7 @@ def markdown(results: dict[str, dict], device: str, about: dict[str, Any]) -> st
         lines.append(
             f"| {name} | {r['batch_size']} | {size} | {r['precision']} | "
             f"{step['median']:.2f} ({step['min']:.2f}-{step['max']:.2f}, n={r['steps']}) | "
-            f"{r['images_per_second']:.1f} | {r['peak_rss_mb']:.0f} | {gpu} | "
+            f"{r['images_per_second']:.3g} | {r['peak_rss_mb']:.0f} | {gpu} | "
             f"{r['projected_epoch_hours']:.2f} | {r['projected_run_hours']:.0f} "
             f"({r['epochs']} ep) |")
     return "\n".join(lines) + "\n"

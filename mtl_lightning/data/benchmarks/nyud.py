@@ -97,7 +97,7 @@ class NYUDDataModule(ListedFilesDataModule):
             ``edge/`` and ``gt_sets/``.
         tasks: any of ``segmentation``, ``depth``, ``normals``, ``edges`` (null: all four).
         image_size: int or ``[height, width]``; the images are 425 x 560 (the protocol
-            letterboxes them into 448 x 576, see ``configs/experiment/nyud_resnet.yaml``).
+            letterboxes them into 448 x 576, see ``configs/experiment/nyud_hrnet18.yaml``).
         **kwargs: loader and transform options of ``MultiTaskDataModule``.
     """
 
