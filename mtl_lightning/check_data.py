@@ -26,6 +26,7 @@ Image pixels are decoded, not only their headers, when a file lists at most
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,31 @@ def _pairs_from_config(config: str) -> tuple[str, list[tuple[str, str]], dict[st
     return class_path, pairs, init_args
 
 
+def check_data_module(config: str, class_path: str, init_args: dict[str, Any]) -> int:
+    """A data module that reads no COCO file (a benchmark reader) checks its own files when
+    it has a ``check_files()`` method: every bad or missing file is printed, one sentence
+    each; returns the exit code."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        data_class = getattr(import_module(module_name), class_name) if module_name else None
+    except (ImportError, AttributeError):
+        data_class = None
+    if data_class is None or not hasattr(data_class, "check_files"):
+        print(f"{config}: the data module ({class_path or 'none given'}) reads no COCO "
+              "annotation files; nothing to check.")
+        return 0
+    try:
+        problems = data_class(**init_args).check_files()
+    except (DataError, ValueError, FileNotFoundError) as error:
+        problems = [str(error)]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print("check-data: fatal problems found; fix them before training." if problems
+          else f"check-data: {class_name} at {init_args.get('root', '?')}: every file read, "
+          "no fatal problems.")
+    return int(bool(problems))
+
+
 def parser() -> ArgumentParser:
     """The options of ``mtl-lightning check-data`` (a sub-command of
     :mod:`mtl_lightning.commands`)."""
@@ -175,9 +201,7 @@ def run(args: Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         if not pairs:
-            print(f"{args.config}: the data module ({class_path or 'none given'}) reads no COCO "
-                  "annotation files; nothing to check.")
-            return 0
+            return check_data_module(args.config, class_path, init_args)
         options["max_pixels"] = int(init_args.get("max_image_pixels", args.max_image_pixels))
         options.update({key: init_args[key] for key in DATA_OPTIONS if key in init_args})
     if options["tasks"] is not None:

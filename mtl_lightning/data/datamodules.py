@@ -106,7 +106,8 @@ class MultiTaskDataModule(LightningDataModule):
         tasks: task instances to load labels for; ``None`` (the default) loads every task the
             data labels (a subclass decides which: Scenes labels all three, a COCO file what
             it holds). A named task the data cannot label is an error.
-        image_size: square training/evaluation size in pixels.
+        image_size: training/evaluation size in pixels: one int (a square) or
+            ``[height, width]`` (e.g. ``[288, 384]``, the NYUv2 protocol's).
         batch_size: training batch size (per process).
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: loader worker processes.
@@ -128,7 +129,7 @@ class MultiTaskDataModule(LightningDataModule):
     def __init__(
         self,
         tasks: tuple[str, ...] | None = None,
-        image_size: int = 128,
+        image_size: int | tuple[int, int] = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,

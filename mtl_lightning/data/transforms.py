@@ -9,16 +9,20 @@ transform flattens and rebuilds the whole structure it is given, and the sample'
 flags and ``meta`` (path, id, original size) would add leaves to every one of those passes
 without ever being transformed (the saving per sample: docs/performance.md).
 
-Two ways to reach the square ``image_size`` input (``data.resize``):
+``image_size`` is one int (a square input) or ``[height, width]`` (a rectangle, as the
+published protocols use: 288 x 384 for NYUv2, 384 x 640 for BDD100K). Two ways to reach it
+(``data.resize``):
 
-- ``stretch``: resize both sides to ``image_size``. Right for square images (Scenes); a photo
-  is squashed.
+- ``stretch``: resize both sides to ``image_size``. Right for square images (Scenes) and for
+  a rectangle of the images' own aspect ratio; a photo of another shape is squashed.
 - ``letterbox``: resize the longest side to ``image_size`` (``v2.Resize(size=None,
-  max_size=...)``), keeping the aspect ratio, then pad the bottom and right edges to a square
-  (black image, ignore (255) mask; boxes are unchanged by padding there). Chosen over "shortest
-  side + crop" because nothing of the photo is cut away: every object can be found, and every
-  original pixel gets a prediction. Padding only at the bottom and right keeps the mapping back
-  to the original pixels a pure scale of the top-left ``content_size`` region.
+  max_size=...)``; for a rectangle, the largest size that fits inside it), keeping the aspect
+  ratio, then pad the bottom and right edges to the full size (black image, ignore (255)
+  mask, 0 (no ground truth) depth and normals; boxes are unchanged by padding there). Chosen
+  over "shortest side + crop" because nothing of the photo is cut away: every object can be
+  found, and every original pixel gets a prediction. Padding only at the bottom and right
+  keeps the mapping back to the original pixels a pure scale of the top-left
+  ``content_size`` region.
 
 Evaluation samples record that region in ``meta["content_size"]`` (height, width): the part of
 the model input that holds the image, computed by the same torchvision resize the image went
@@ -38,42 +42,84 @@ IGNORE_INDEX = 255
 
 ResizeMode = Literal["stretch", "letterbox"]
 RESIZE_MODES = ("stretch", "letterbox")
+#: One int (a square) or (height, width).
+ImageSize = int | tuple[int, int]
+
+
+def size_hw(image_size: ImageSize) -> tuple[int, int]:
+    """``(height, width)`` of ``image_size`` (an int is a square); one sentence otherwise."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    values = tuple(image_size)
+    if len(values) != 2 or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f"data.image_size must be an int or [height, width] of positive ints, "
+                         f"got {image_size!r}.")
+    return values[0], values[1]
+
+
+def _padding_fill(inpt: Any) -> int:
+    # Depth and normal maps are masks to torchvision, but their "no ground truth" is 0.
+    from mtl_lightning.data.dense_maps import DepthMap, NormalMap
+
+    if isinstance(inpt, (DepthMap, NormalMap)):
+        return 0
+    return IGNORE_INDEX if isinstance(inpt, tv_tensors.Mask) else 0
 
 
 class PadToSquare(v2.Transform):
-    """Pad the bottom and right edges to ``size`` x ``size``: images with 0, masks with 255
-    (ignore), boxes unchanged (only their canvas grows). An input already as large is left
-    as it is."""
+    """Pad the bottom and right edges to ``size`` (an int: a square; or (height, width)):
+    images with 0, masks with 255 (ignore), depth and normal maps with 0 (no ground truth),
+    boxes unchanged (only their canvas grows). An input already as large is left as it is."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: ImageSize) -> None:
         super().__init__()
-        self.size = size
+        self.size = size_hw(size)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
-        return {"padding": [0, 0, max(0, self.size - width), max(0, self.size - height)]}
+        return {"padding": [0, 0, max(0, self.size[1] - width), max(0, self.size[0] - height)]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not any(params["padding"]) or not isinstance(
             inpt, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)
         ):
             return inpt
-        fill = IGNORE_INDEX if isinstance(inpt, tv_tensors.Mask) else 0
-        return TF.pad(inpt, params["padding"], fill=fill)
+        return TF.pad(inpt, params["padding"], fill=_padding_fill(inpt))
 
 
-def resize_steps(image_size: int, mode: ResizeMode) -> list[v2.Transform]:
-    """The steps that bring any image to ``image_size`` x ``image_size`` (see the module
-    docstring for the two modes)."""
+class ResizeToFit(v2.Transform):
+    """Resize, keeping the aspect ratio, to the largest size that fits inside ``size``
+    (height, width): the rectangular letterbox's first step (``v2.Resize(max_size=...)``
+    only bounds the longest side)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size_hw(size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        scale = min(self.size[0] / height, self.size[1] / width)
+        return {"size": [max(1, min(self.size[0], round(height * scale))),
+                         max(1, min(self.size[1], round(width * scale)))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(TF.resize, inpt, size=params["size"], antialias=True)
+
+
+def resize_steps(image_size: ImageSize, mode: ResizeMode) -> list[v2.Transform]:
+    """The steps that bring any image to ``image_size`` (see the module docstring for the
+    two modes)."""
+    height, width = size_hw(image_size)
     if mode == "stretch":
-        return [v2.Resize((image_size, image_size), antialias=True)]
+        return [v2.Resize((height, width), antialias=True)]
     if mode == "letterbox":
-        return [v2.Resize(size=None, max_size=image_size, antialias=True),
-                PadToSquare(image_size)]
+        if height == width:
+            return [v2.Resize(size=None, max_size=height, antialias=True), PadToSquare(height)]
+        return [ResizeToFit((height, width)), PadToSquare((height, width))]
     raise ValueError(f"data.resize must be one of {list(RESIZE_MODES)}, got {mode!r}.")
 
 
-def content_size(orig_size: tuple[int, int], image_size: int,
+def content_size(orig_size: tuple[int, int], image_size: ImageSize,
                  mode: ResizeMode) -> tuple[int, int]:
     """(height, width) of the region at the top left of the model input that holds an image
     of ``orig_size``: torchvision's own resize applied to an empty box list of that canvas."""
@@ -135,7 +181,7 @@ class SampleTransform:
     output (see :func:`content_size`)."""
 
     def __init__(self, pipeline: v2.Compose,
-                 content: tuple[int, ResizeMode] | None = None) -> None:
+                 content: tuple[ImageSize, ResizeMode] | None = None) -> None:
         self.pipeline = pipeline
         self.content = content
 
@@ -153,7 +199,7 @@ class SampleTransform:
 
 
 def train_transforms(
-    image_size: int,
+    image_size: ImageSize,
     tasks: tuple[str, ...],
     hflip: float = 0.5,
     scale: tuple[float, float] = (0.8, 1.2),
@@ -180,7 +226,7 @@ def train_transforms(
 
 
 def eval_transforms(
-    image_size: int, tasks: tuple[str, ...], resize: ResizeMode = "stretch"
+    image_size: ImageSize, tasks: tuple[str, ...], resize: ResizeMode = "stretch"
 ) -> SampleTransform:
     """Resize to ``image_size`` (``resize``: see the module docstring) and scale to [0, 1];
     no randomness. Records ``meta["content_size"]``."""

@@ -181,7 +181,7 @@ def build_task(
     except TypeError as error:
         raise ValueError(f"Bad options for task '{name}': {error}.") from error
     task.name = name
-    if cls.derived_from is not None:
+    if task.derived_from is not None:  # an instance may read labels of its own instead
         task.source = _source_instance(name, task, {"source": source}, task_info)
     if category_ids is not None:
         task.category_ids = [None if c is None else int(c) for c in category_ids]

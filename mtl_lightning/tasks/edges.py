@@ -1,12 +1,21 @@
-"""Auxiliary task: the boundaries of the semantic mask (task decomposition).
+"""Edge detection: per-pixel boundary / not boundary.
 
-No new labels: the target is derived on the fly from the segmentation masks a dataset
-already has (a pixel is an edge when a 4-neighbour has another class), so adding
-``edges: null`` under ``model.tasks`` is the whole change, on any data with segmentation
-labels. Edges make the shared features attend to object outlines, the cue segmentation and
-detection both need; whether that helps them is measured in docs/experiments.md.
-Auxiliary tasks are trained and weighted like any task, but left out of ``{stage}/mtl/score``
-and of delta_m by default: they are a means, not a goal.
+Two sources of targets (``own_labels``):
+
+- ``false`` (the default; an auxiliary task, task decomposition): no new labels, the
+  target is derived on the fly from the segmentation masks a dataset already has (a pixel is
+  an edge when a 4-neighbour has another class), so adding ``edges: null`` under
+  ``model.tasks`` is the whole change, on any data with segmentation labels. Edges make the
+  shared features attend to object outlines, the cue segmentation and detection both need;
+  whether that helps them is measured in docs/experiments.md. Auxiliary tasks are
+  trained and weighted like any task, but left out of ``{stage}/mtl/score`` and of delta_m
+  by default: they are a means, not a goal. ``source`` names the segmentation instance to
+  derive from when the data has several.
+- ``true``: the data's own edge labels (a uint8 mask per image: 1 edge, 0 not, 255 ignore),
+  as NYUD-v2 and PASCAL-Context provide them. Then edges are a task of their own, scored
+  like the others. A data module that labels edges says so in its ``task_info``
+  (``{"own_labels": true}``), so ``edges: null`` in ``model.tasks`` is still the whole
+  change.
 """
 
 from __future__ import annotations
@@ -56,14 +65,16 @@ def mask_edges(masks: torch.Tensor, width: int = 1) -> torch.Tensor:
 
 
 class EdgeTask(Task):
-    """Per-pixel edge / not-edge, from the segmentation labels.
+    """Per-pixel edge / not-edge, from the segmentation labels or the data's own.
 
     Args:
         num_classes: always 1 (one logit per pixel); present for the common interface.
         class_names: ignored (``["edge"]``).
         head_channels: width of the head's hidden layer.
-        width: edge thickness in pixels.
+        width: edge thickness in pixels (edges derived from masks).
         pos_weight: weight of the (rare) edge pixels in the binary cross-entropy.
+        own_labels: train on the data's own edge labels (a task of its own, in the score)
+            instead of deriving them from segmentation masks (an auxiliary task).
     """
 
     type_name = "edges"
@@ -72,9 +83,15 @@ class EdgeTask(Task):
     derived_from: ClassVar[str | None] = "segmentation"
 
     def __init__(self, num_classes: int = 1, class_names: list[str] | None = None,
-                 head_channels: int = 32, width: int = 1, pos_weight: float = 4.0) -> None:
+                 head_channels: int = 32, width: int = 1, pos_weight: float = 4.0,
+                 own_labels: bool = False) -> None:
         super().__init__(1, ["edge"])
         self.head_channels, self.width, self.pos_weight = head_channels, width, pos_weight
+        # Instance attributes over the class defaults: with its own labels the task reads
+        # them like any task (module.task_labels) and counts in the score and delta_m.
+        self.own_labels = own_labels
+        self.derived_from = None if own_labels else type(self).derived_from
+        self.auxiliary = not own_labels
 
     def derive_targets(self, source: torch.Tensor) -> torch.Tensor:
         return mask_edges(source, self.width)

@@ -3,6 +3,8 @@
 Each pyramid level goes through a 3x3 conv and is upsampled to the finest level (stride 4
 for the usual backbones); the sum is classified per pixel and the logits are upsampled to
 the input size (Kirillov et al. 2019, "Panoptic Feature Pyramid Networks", semantic branch).
+With ``decoder: aspp`` the head is DeepLab-v3's ASPP on the backbone's last map instead
+(:mod:`mtl_lightning.tasks.dense_decoders`), as LibMTL's NYUv2 and Cityscapes protocols use.
 Loss: per-pixel cross-entropy with ignore index 255. Class 0 is background. Targets arrive
 as uint8 masks [B, H, W] and are widened to int64 only here.
 """
@@ -22,6 +24,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.dense_decoders import ASPPDecoder, DecoderKind, decoder_pyramid_levels
 from mtl_lightning.tasks.drawing import dense_to_size
 from mtl_lightning.tasks.wandb_media import WANDB_IGNORE, class_labels, wandb_mask
 
@@ -55,6 +58,9 @@ class SegmentationTask(Task):
         decoder_channels: width of the fused decoder map.
         dropout: dropout before the classifier.
         class_weights: optional per-class cross-entropy weights.
+        decoder: ``fpn`` (the pyramid, fused at the finest level) or ``aspp`` (DeepLab-v3 on
+            the backbone's last map; give the backbone ``output_stride: 8``).
+        aspp_rates: the ASPP's atrous rates (``decoder: aspp``).
     """
 
     type_name = "segmentation"
@@ -68,8 +74,13 @@ class SegmentationTask(Task):
         decoder_channels: int = 64,
         dropout: float = 0.0,
         class_weights: list[float] | None = None,
+        decoder: DecoderKind = "fpn",
+        aspp_rates: tuple[int, ...] = (12, 24, 36),
     ) -> None:
         super().__init__(num_classes, class_names)
+        if decoder not in ("fpn", "aspp"):
+            raise ValueError(f"{self.name}.decoder must be 'fpn' or 'aspp', got {decoder!r}.")
+        self.decoder_kind, self.aspp_rates = decoder, tuple(aspp_rates)
         self.decoder_channels = decoder_channels
         self.dropout = dropout
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
@@ -80,9 +91,17 @@ class SegmentationTask(Task):
             )
         self.register_buffer("class_weights", weights, persistent=False)
 
+    @property
+    def pyramid_levels(self) -> tuple[int, ...] | None:
+        return decoder_pyramid_levels(self.decoder_kind)
+
     def build_head(
         self, pyramid_channels: int, backbone_channels: list[int], strides: list[int]
     ) -> None:
+        if self.decoder_kind == "aspp":
+            self.aspp = ASPPDecoder(backbone_channels[-1], self.num_classes, self.aspp_rates,
+                                    self.decoder_channels, self.dropout)
+            return
         levels = len(backbone_channels)
         self.lateral = nn.ModuleList(
             _conv_block(pyramid_channels, self.decoder_channels) for _ in range(levels)
@@ -92,6 +111,8 @@ class SegmentationTask(Task):
         )
 
     def forward(self, features: Features, image_size: tuple[int, int]) -> torch.Tensor:
+        if self.decoder_kind == "aspp":
+            return self.aspp(features, image_size)
         finest = features.pyramid[0].shape[-2:]
         fused = self.lateral[0](features.pyramid[0])
         for block, level in zip(self.lateral[1:], features.pyramid[1:]):

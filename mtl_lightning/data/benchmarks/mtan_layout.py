@@ -207,6 +207,25 @@ class _MtanLayoutDataModule(MultiTaskDataModule):
                 transforms=transforms, source=self.source)
 
 
+    def check_files(self, limit: int = 20) -> list[str]:
+        """Every file of the train and val splits read once (``check-data``): one sentence
+        per bad file; a split with missing files is one sentence naming the first few."""
+        found: list[str] = []
+        for split in ("train", "val"):
+            try:
+                dataset = MtanLayoutDataset(self.root, split, self.folders(),
+                                            num_classes=len(self.class_names()))
+            except DataError as error:
+                found.append(str(error))
+                continue
+            for index in range(len(dataset)):
+                try:
+                    dataset.read(index)
+                except DataError as error:
+                    found.append(str(error))
+        return found[:limit]
+
+
 class NYUv2DataModule(_MtanLayoutDataModule):
     """NYUv2 in the MTAN layout: segmentation (13 classes), depth and surface normals.
 
