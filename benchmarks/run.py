@@ -16,9 +16,13 @@ JSON (default ``benchmarks/results/suite[_quick][_cuda].json``) with the top-lev
 ``eval_overhead``              validation epoch / its forward passes alone (<= 1.3)
 ``peer_torchjd_upgrad``        our exact UPGrad step / torchjd's ``mtl_backward`` (<= 0.9),
                                suite/peers.py
+``peer_libmtl_step``           our Lightning step / LibMTL's trainer step on the dense tasks,
+                               equal weighting (<= 1.0; PCGrad in ``methods``), or why it
+                               cannot run (LibMTL absent), suite/peer_libmtl.py
 ``balancing_overhead``         per method, step time / equal weighting (benchmarks/balancing.py)
 ``peak_rss_mb``                the default run's peak resident memory, suite/memory.py
-``scaling``                    plain step time against image size and number of tasks
+``scaling``                    plain step time against image size, number of tasks and
+                               data set size (cache on and off), suite/scaling.py
 ``gpu``                        ``--device cuda``: absolute images/s, GPU busy share, suite/gpu.py
 ============================== ==========================================================
 
@@ -53,6 +57,7 @@ from suite.inference import mtl_vs_single_inference
 from suite.loader import loader_vs_step
 from suite.memory import peak_rss
 from suite.overheads import loss_overhead, train_step_overhead
+from suite.peer_libmtl import peer_libmtl_step
 from suite.peers import peer_torchjd_upgrad
 from suite.scaling import scaling
 from suite.settings import FULL, QUICK, Settings
@@ -67,6 +72,7 @@ RATIOS: dict[str, tuple[Measurement, str]] = {
     "loader_vs_step_ratio": (loader_vs_step, "min"),
     "eval_overhead": (eval_overhead, "max"),
     "peer_torchjd_upgrad": (peer_torchjd_upgrad, "max"),
+    "peer_libmtl_step": (peer_libmtl_step, "max"),
 }
 
 
@@ -117,6 +123,10 @@ def table(result: dict[str, Any]) -> str:
         sign = "<=" if direction == "max" else ">="
         lines.append(f"{key:<{W}}{ratio['median']:>9.3f}{ratio['min']:>9.3f}{ratio['max']:>9.3f}"
                      f"  {sign} {target:<5} {verdict(ratio['median'], target, direction)}")
+        for method, part in (entry.get("methods") or {}).items():
+            if isinstance(part, dict) and "ratio" in part:
+                lines.append(f"{'  ' + method:<{W}}{part['ratio']['median']:>9.3f}"
+                             f"{part['ratio']['min']:>9.3f}{part['ratio']['max']:>9.3f}")
         if key in DIAGNOSTICS and DIAGNOSTICS[key][0] in entry:
             name, part = DIAGNOSTICS[key][1], entry[DIAGNOSTICS[key][0]]
             lines.append(f"{name:<{W}}{part['median']:>9.3f}{part['min']:>9.3f}"
@@ -145,6 +155,8 @@ def table(result: dict[str, Any]) -> str:
                          f"{value['max']:>9.1f}")
         elif isinstance(value, float):
             lines.append(f"{'gpu ' + key:<{W}}{value:>9.3f}")
+    lines += [f"{key}: skipped: {value['skipped']}" for key, value in result.items()
+              if isinstance(value, dict) and "skipped" in value]
     errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
     lines += [f"{key}: FAILED: {error}" for key, error in errors.items()]
     return "\n".join(lines)
