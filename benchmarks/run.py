@@ -148,6 +148,14 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"{'scaling ' + name + ' (ms/step)':<{W}}{step['median']:>9.1f}"
                          f"{step['min']:>9.1f}{step['max']:>9.1f}  "
                          f"x{entry['ratio_to_default']['median']:.2f} of {reference}")
+    for name, entry in scaling.items():
+        if isinstance(entry, dict) and "per_sample_ms" in entry:
+            lines.append(f"{'scaling ' + name + ' (loader ms/sample)':<{W}}"
+                         f"{entry['per_sample_ms']:>9.2f}  cache {entry['cache_mb']:.0f} MB "
+                         f"in {entry['cache_setup_s']:.1f} s")
+    breakdown = (result.get("eval_overhead") or {}).get("breakdown_s") or {}
+    lines += [f"{'  validation ' + part + ' (s)':<{W}}{seconds:>9.3f}"
+              for part, seconds in breakdown.items()]
     gpu = result.get("gpu") or {}
     for key, value in gpu.items():
         if isinstance(value, dict) and "median" in value:
@@ -183,6 +191,8 @@ def customised(settings: Settings, args: argparse.Namespace) -> Settings:
                                if getattr(args, k) is not None}
     if args.sizes:
         changes["scaling_sizes"] = tuple(int(size) for size in args.sizes.split(","))
+    if args.data_sizes:
+        changes["scaling_data_sizes"] = tuple(int(size) for size in args.data_sizes.split(","))
     if args.methods:
         changes["balancing_methods"] = tuple(args.methods.split(","))
     if args.gpu_variants:
@@ -203,6 +213,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the setting's timed steps")
     parser.add_argument("--warmup", type=int, help="override the setting's warm-up steps")
     parser.add_argument("--sizes", help="image sizes of the scaling, e.g. 128,256,512")
+    parser.add_argument("--data-sizes", help="training-set sizes of the scaling (cache on "
+                        "and off), e.g. 100,400")
     parser.add_argument("--methods", help="balancing methods, e.g. equal,pcgrad (default: "
                         "all; with --quick a subset)")
     parser.add_argument("--gpu-variants", help="models of the gpu measurement, e.g. "
