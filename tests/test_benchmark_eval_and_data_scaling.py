@@ -42,7 +42,10 @@ def test_breakdown_parts_add_up_to_the_epoch_and_are_unwrapped(scenes_root: Path
     for part in ("forward", "losses", "metric_updates", "metric_compute", "overlays",
                  "logging"):
         assert parts[part] > 0, part
-    named = sum(v for k, v in parts.items() if k not in ("epoch", "loader_and_rest"))
+    assert parts["losses"] == pytest.approx(sum(parts[f"loss/{name}"] for name in
+                                                cli.model.tasks))
+    named = sum(v for k, v in parts.items()
+                if k not in ("epoch", "loader_and_rest", "losses"))
     assert parts["loader_and_rest"] == pytest.approx(parts["epoch"] - named)
     assert named < parts["epoch"]  # top-level only: nothing counted twice
     assert "forward" not in vars(cli.model) and "loss" not in vars(cli.model.tasks["segmentation"])

@@ -5,7 +5,8 @@ the library adds to the forward passes, each counted only at the top level (a fo
 made inside the overlays callback counts as the overlays', not as a forward):
 
 - ``forward``: the module's forward of the validation steps;
-- ``losses`` and ``metric_updates``: every task's ``loss`` and ``update_metrics``;
+- ``losses`` and ``metric_updates``: every task's ``loss`` and ``update_metrics`` (the
+  losses also per task, ``loss/<task>``);
 - ``logging``: the module's ``self.log`` calls;
 - ``metric_compute``: the module's ``on_validation_epoch_end`` (final mIoU, accuracy, COCO
   mAP, the multi-task summaries and their logging);
@@ -70,8 +71,8 @@ def validation_breakdown(trainer: Any, model: Any, datamodule: Any,
     timers.wrap(model, "forward", "forward")
     timers.wrap(model, "log", "logging")
     timers.wrap(model, "on_validation_epoch_end", "metric_compute")
-    for task in model.tasks.values():
-        timers.wrap(task, "loss", "losses")
+    for name, task in model.tasks.items():
+        timers.wrap(task, "loss", f"loss/{name}")
         timers.wrap(task, "update_metrics", "metric_updates")
     for callback in trainer.callbacks:
         label = "overlays" if isinstance(callback, PredictionOverlays) else "other_callbacks"
@@ -85,5 +86,6 @@ def validation_breakdown(trainer: Any, model: Any, datamodule: Any,
     total = epoch_seconds()
     parts = dict(timers.seconds)
     parts["loader_and_rest"] = total - sum(parts.values())
+    parts["losses"] = sum(v for k, v in parts.items() if k.startswith("loss/"))
     parts["epoch"] = total
     return parts

@@ -20,7 +20,11 @@ from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
-from mtl_lightning.tasks.confusion_metrics import SegmentationIoU, SegmentationPixelAccuracy
+from mtl_lightning.tasks.confusion_metrics import (
+    SegmentationIoU,
+    SegmentationPixelAccuracy,
+    class_ids,
+)
 from mtl_lightning.tasks.drawing import dense_to_size
 
 IGNORE_INDEX = 255
@@ -132,7 +136,7 @@ class SegmentationTask(Task):
         # Unlabelled samples become ignored pixels instead of being indexed out: no copy of
         # the batch and no host synchronisation on a GPU.
         unlabelled = ~has.view(-1, *([1] * (targets.dim() - 1)))
-        metrics.update(outputs.detach().argmax(1),
+        metrics.update(class_ids(outputs.detach()),
                        targets.long().masked_fill(unlabelled, IGNORE_INDEX))
 
     def resize_prediction(

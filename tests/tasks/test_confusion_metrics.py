@@ -8,7 +8,11 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from mtl_lightning.tasks.confusion_metrics import SegmentationIoU, SegmentationPixelAccuracy
+from mtl_lightning.tasks.confusion_metrics import (
+    SegmentationIoU,
+    SegmentationPixelAccuracy,
+    class_ids,
+)
 from mtl_lightning.tasks.segmentation import IGNORE_INDEX, SegmentationTask
 
 CLASSES = 6
@@ -102,3 +106,12 @@ def test_task_update_skips_unlabelled_samples_like_indexing_them_out() -> None:
     values = metrics.compute()
     for name, metric in theirs.items():
         torch.testing.assert_close(values[name], metric.compute(), rtol=1e-6, atol=1e-6)
+
+
+def test_class_ids_are_argmax_with_the_first_maximum_on_ties() -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, CLASSES, 7, 5, generator=generator)
+    logits[:, 3] = logits[:, 1]  # exact ties between classes 1 and 3 everywhere
+    logits[0, :, 0, 0] = 0.0  # a pixel where every class ties
+    torch.testing.assert_close(class_ids(logits), logits.argmax(1), rtol=0, atol=0)
+    assert int(class_ids(logits)[0, 0, 0]) == 0
