@@ -133,8 +133,10 @@ class SegmentationTask(Task):
         self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
         has: torch.Tensor,
     ) -> None:
+        if not bool(has.any()):
+            return  # a metric never updated in an epoch is not computed (module.py)
         # Unlabelled samples become ignored pixels instead of being indexed out: no copy of
-        # the batch and no host synchronisation on a GPU.
+        # the batch.
         unlabelled = ~has.view(-1, *([1] * (targets.dim() - 1)))
         metrics.update(class_ids(outputs.detach()),
                        targets.long().masked_fill(unlabelled, IGNORE_INDEX))

@@ -115,3 +115,12 @@ def test_class_ids_are_argmax_with_the_first_maximum_on_ties() -> None:
     logits[0, :, 0, 0] = 0.0  # a pixel where every class ties
     torch.testing.assert_close(class_ids(logits), logits.argmax(1), rtol=0, atol=0)
     assert int(class_ids(logits)[0, 0, 0]) == 0
+
+
+def test_a_batch_without_labelled_samples_leaves_the_metrics_untouched() -> None:
+    task = SegmentationTask(CLASSES)
+    metrics = task.build_metrics("val")
+    logits = torch.randn(2, CLASSES, 5, 5)
+    task.update_metrics(metrics, logits, torch.zeros(2, 5, 5, dtype=torch.uint8),
+                        torch.zeros(2, dtype=torch.bool))
+    assert not any(metric.update_called for metric in metrics.values())
