@@ -56,9 +56,11 @@ def test_libmtl_step_computes_our_losses_and_trains(tmp_path: Path, weighting: s
 @needs_libmtl
 def test_peer_measurement_reports_a_ratio_per_weighting() -> None:
     settings = dataclasses.replace(QUICK, rounds=1, steps=1, warmup=0, in_memory_batches=1)
-    result = peer_libmtl_step(settings, "cpu", SMOKE_CONFIG, ["--trainer.precision=32"])
+    result = peer_libmtl_step(settings, "cpu", SMOKE_CONFIG,
+                              ["--trainer.precision=32", "--model.channels_last=true"])
     assert result["target"] == 1.0
     assert math.isfinite(result["ratio"]["median"]) and result["ratio"]["median"] > 0
+    assert result["methods"]["pcgrad"]["channels_last"] is False  # LibMTL's .view(-1)
     for method, weighting in (("equal", "EW"), ("pcgrad", "PCGrad")):
         entry = result["methods"][method]
         assert entry["libmtl_weighting"] == weighting

@@ -225,6 +225,10 @@ def measure_weighting(method: str, settings: Settings, device: str, config: Path
     """Ours / theirs for one balancer and LibMTL's weighting of the same method."""
     libmtl = import_libmtl()
     method_args = [*args, "--model.balancer", str(BALANCERS / f"{method}.yaml")]
+    if method != "equal":
+        # LibMTL's gradient methods flatten each gradient with ``.view(-1)``, which fails on
+        # the channels-last weights of the default config: both sides run without them.
+        method_args.append("--model.channels_last=false")
     cli = build_cli(*method_args, config=config, device=device)
     precision = str(cli.config.trainer.precision)
     batches = batches_in_memory(cli.datamodule.train_dataloader(),
@@ -253,7 +257,8 @@ def measure_weighting(method: str, settings: Settings, device: str, config: Path
         ratios.append(medians["ours"] / medians["theirs"])
     return {"ratio": spread(ratios), "ours_ms": spread(ms["ours"]),
             "theirs_ms": spread(ms["theirs"]), "libmtl_weighting": WEIGHTINGS[method],
-            "max_abs_loss_difference": difference, "precision": precision}
+            "max_abs_loss_difference": difference, "precision": precision,
+            "channels_last": bool(cli.model.hparams.channels_last)}
 
 
 def peer_libmtl_step(settings: Settings, device: str, config: Path,
