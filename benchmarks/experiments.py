@@ -29,7 +29,10 @@ against it. Everything is written to ``<results>/experiments.md`` and ``.json``:
   training alone), and against the clean single-task models;
 - ``balancers``: the balancing study of :mod:`balancing_study` (every balancer config, a
   tuned equal weighting, a static-weight simplex with its Pareto front), written to
-  ``<results>/balancing_study.md``, ``.json`` and ``balancing_pareto.png``.
+  ``<results>/balancing_study.md``, ``.json`` and ``balancing_pareto.png``;
+- ``architectures``: every architecture at the same budget (the study schedule), with the
+  auxiliary edge task so that PAD-Net and MTI-Net have two dense tasks to distil, against the
+  study's single-task baselines (same root); written to ``<results>/architectures.md``.
 """
 
 from __future__ import annotations
@@ -203,6 +206,26 @@ def balancers(runner: Runner, plan: study.Plan, results: Path) -> None:
     write_study(runner.root, plan, results)
 
 
+ARCHITECTURES = ("hard", "mtan", "cross_stitch", "ensemble", "mmoe", "pad_net", "mti_net")
+
+
+def architectures(runner: Runner, results: Path) -> None:
+    """Every architecture on the study schedule with the edge task; compared per seed with
+    the study's single-task baselines (edges, auxiliary, is left out of delta_m)."""
+    schedule = ["--config", STUDY]
+    singles = [runner.fit(f"single_{task}", seed, f"single_{task}", schedule=schedule)
+               for seed in runner.seeds for task in TASKS]
+    runs = [runner.fit(f"arch_{name}", seed, "aux_edges", schedule=schedule,
+                       args=("--model.architecture", name))
+            for seed in runner.seeds for name in ARCHITECTURES]
+    result, lines = section("Architectures at the same budget (study schedule, with the "
+                            "auxiliary edge task; test)", runs, singles)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "architectures.json").write_text(json.dumps(_json_safe(result), indent=2))
+    (results / "architectures.md").write_text("\n".join(lines))
+    print(f"Wrote {results / 'architectures.md'}")
+
+
 def write_study(root: Path, plan: study.Plan, results: Path) -> None:
     """Aggregate whatever the study has finished into ``results``."""
     report = study.aggregate(root, plan)
@@ -247,10 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",")]
     sets = args.sets.split(",")
-    unknown = set(sets) - {"base", "unrelated", "labels", "noise", "balancers"}
+    known = {"base", "unrelated", "labels", "noise", "balancers", "architectures"}
+    unknown = set(sets) - known
     if unknown:
-        parser.error(f"unknown --sets {sorted(unknown)}; choose from base, unrelated, labels, "
-                     "noise, balancers.")
+        parser.error(f"unknown --sets {sorted(unknown)}; choose from {', '.join(sorted(known))}.")
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     results = (args.results or root).resolve()
@@ -270,7 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.grid:
             plan.grid = tuple(tuple(float(v) for v in p.split(":")) for p in args.grid.split(","))
         balancers(runner, plan, results)
-    readme = [s for s in sets if s != "balancers"]
+    if "architectures" in sets:
+        architectures(runner, results)
+    readme = [s for s in sets if s not in ("balancers", "architectures")]
     if readme:
         report, markdown = readme_sets(runner, readme)
         results.mkdir(parents=True, exist_ok=True)
