@@ -283,7 +283,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["Test metrics, mean ± std over seeds; delta_m against the single-task "
                   "baselines (mean over their seeds); the paired column is the mean "
                   "difference of delta_m from equal weighting over seeds ± its standard error, "
-                  "with the two-sided p of Student's paired t-test.", "",
+                  "with the two-sided p of Student's paired t-test. Train img/s is each run's own "
+                  "(run.json), measured while the machine ran other jobs: read step cost in "
+                  "benchmarks/balancing.py instead.", "",
                   "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for method in test["methods"]:
             speeds = [rows[r]["train/images_per_second"] for r in method["runs"]
