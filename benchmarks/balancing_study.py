@@ -125,8 +125,17 @@ def pick_tuned(validation: dict[str, Any], grid: Iterable[str]) -> tuple[str | N
 
 
 def finished(run: Path) -> bool:
-    """A run that wrote its test metrics (the runner skips it; the analysis reads it)."""
-    return (run / "metrics.json").is_file()
+    """A run whose ``metrics.json`` holds test metrics (the runner skips it; the analysis
+    reads it). The file alone is not enough: it is rewritten after every validation, so an
+    interrupted run has one without test metrics."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # interrupted while writing it: run it again
+    return isinstance(metrics, dict) and any(k.startswith("test/") for k in metrics)
 
 
 def _headline(row: dict[str, Any], task: str) -> float | None:

@@ -100,6 +100,18 @@ def test_pareto_plot_is_written(tmp_path: Path) -> None:
     assert study.draw_pareto({"simplex": [], "test": {"methods": []}}, tmp_path / "x.png") is None
 
 
+def test_a_run_is_finished_only_with_test_metrics(tmp_path: Path) -> None:
+    run = tmp_path / "equal_seed0"
+    run.mkdir()
+    assert not study.finished(run)
+    (run / "metrics.json").write_text(json.dumps({"val/segmentation/miou": 0.5}))
+    assert not study.finished(run)  # written after a validation: interrupted before test
+    (run / "metrics.json").write_text('{"test/segmentation/miou": 0.')
+    assert not study.finished(run)  # interrupted while writing
+    (run / "metrics.json").write_text(json.dumps({"test/segmentation/miou": 0.5}))
+    assert study.finished(run)
+
+
 def test_runner_skips_finished_runs_and_goes_on_after_a_failure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _run(tmp_path, "equal_seed0", 0, dict.fromkeys(TASKS, 0.5))
