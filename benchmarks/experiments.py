@@ -8,8 +8,8 @@ Every run is ``mtl-lightning fit --config configs/default.yaml --config <schedul
 [--config configs/experiment/<variant>.yaml] [--config configs/experiment/single_<task>.yaml]
 --seed_everything N`` with the CSV logger, in ``<root>/<name>_seed<N>``: one root holds every
 seed (the data stay the same; the initialisation and the batch order change with the seed).
-A run whose ``metrics.json`` holds test metrics is skipped, so a set can be stopped and resumed, or spread
-over several sittings; a run that fails is reported and the set goes on.
+A run whose ``metrics.json`` holds test metrics is skipped, so a set can be stopped and
+resumed, or spread over several sittings; a run that fails is reported and the set goes on.
 
 The schedule is ``configs/experiment/short.yaml`` for the README's sets (``--full``: the
 default job's) and ``configs/experiment/study.yaml`` for ``balancers``.
