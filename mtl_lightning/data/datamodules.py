@@ -244,7 +244,7 @@ class ScenesDataModule(MultiTaskDataModule):
         num_train, num_val, num_test, num_classes, min_objects, max_objects,
         min_object_size, max_object_size, classification_target, label_noise,
         label_fraction, seed: the generator's knobs (see ``ScenesConfig``).
-        dense: also render depth and surface normals (the images do not change; see
+        dense: also render depth and surface normals and shade the images by them (see
             :mod:`mtl_lightning.data.scenes_dense`); the set then labels five tasks.
         generator_workers: processes used to generate the images (0: in this process).
         **kwargs: loader and transform options of ``MultiTaskDataModule``.
