@@ -1,7 +1,13 @@
-"""Parameters and training images/s of each architecture (hard, cross-stitch, MTAN, ensemble).
+"""Parameters and training images/s of each architecture (hard, cross-stitch, MTAN, ensemble,
+gated experts, PAD-Net, MTI-Net).
 
     python benchmarks/architectures.py [--config configs/default.yaml] [--repeats 5]
         [--batches 10] [--json benchmarks/results/architectures.json]
+        [--architectures hard,pad_net,...] [--args "--config configs/experiment/aux_edges.yaml"]
+
+The step's losses are the module's own (``_task_losses``): a task-interaction decoder's
+deep-supervision losses are part of its cost. ``--args`` adds CLI arguments to every model,
+e.g. the auxiliary edge task, so that PAD-Net and MTI-Net have two dense tasks to distil.
 
 The same data, batch and precision as the config (default: the default job's model and
 16 images of 128 px under bf16 autocast); each architecture's training step (forward, the
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,7 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 from suite.common import REPO, batches_in_memory, build_cli, machine, quiet, spread, time_calls
 from suite.plain_loop import PlainLoop
 
-ARCHITECTURES = ("hard", "mtan", "cross_stitch", "ensemble")
+ARCHITECTURES = ("hard", "mtan", "cross_stitch", "ensemble", "mmoe", "pad_net", "mti_net")
+
+
+class ModuleLossLoop(PlainLoop):
+    """The plain loop with the module's own task losses (deep supervision included)."""
+
+    def total_loss(self, batch: dict):
+        losses, _ = self.model._task_losses(batch, "train", update_metrics=False)
+        return sum(losses.values())
 
 
 def main() -> None:
@@ -29,16 +44,21 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
+    parser.add_argument("--args", default="", help="more CLI arguments for every model")
     parser.add_argument("--json", type=Path,
                         default=REPO / "benchmarks" / "results" / "architectures.json")
     args = parser.parse_args()
     quiet()
     built = {}
-    for name in ARCHITECTURES:
-        cli = build_cli(f"--model.architecture={name}", config=args.config)
+    names = args.architectures.split(",")
+    for name in names:
+        cli = build_cli(*shlex.split(args.args), f"--model.architecture={name}",
+                        config=args.config)
         batches = batches_in_memory(cli.datamodule.train_dataloader(), 4, "cpu")
-        built[name] = (PlainLoop(cli.model, str(cli.config.trainer.precision), "cpu"), batches)
-    rates: dict[str, list[float]] = {name: [] for name in ARCHITECTURES}
+        built[name] = (ModuleLossLoop(cli.model, str(cli.config.trainer.precision), "cpu"),
+                       batches)
+    rates: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name, (loop, batches) in built.items():
             times = time_calls(lambda i, loop=loop, batches=batches:
@@ -50,8 +70,9 @@ def main() -> None:
             "params_m": sum(p.numel() for p in loop.model.parameters()) / 1e6,
             "train_images_per_s": spread(rates[name]),
         }
-    hard = rows["hard"]["train_images_per_s"]["median"]
-    result = {"machine": machine("cpu"), "config": str(args.config), "architectures": rows}
+    hard = rows.get("hard", next(iter(rows.values())))["train_images_per_s"]["median"]
+    result = {"machine": machine("cpu"), "config": str(args.config), "args": args.args,
+              "architectures": rows}
     print(f"machine: {result['machine']}")
     print(f"{'architecture':<14}{'params (M)':>12}{'img/s':>9}{'min':>9}{'max':>9}"
           f"{'vs hard':>9}")

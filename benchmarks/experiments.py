@@ -1,15 +1,22 @@
-"""The experiment sets of the README, on Scenes, on a CPU: MTL against single-task baselines.
+"""The experiment sets of the README, on Scenes, on a CPU, over several seeds.
 
-    python benchmarks/experiments.py [--sets base,unrelated,labels,noise] [--root DIR] [--full]
-        [--seed N]
+    python benchmarks/experiments.py [--sets base,unrelated,labels,noise,balancers]
+        [--seeds 0,1,2] [--root DIR] [--results DIR] [--data_root DIR] [--full]
+        [--fit_args "--trainer.limit_train_batches 2 ..."] [--aggregate_only]
 
-Every run is ``mtl-lightning fit --config configs/default.yaml --config
-configs/experiment/short.yaml [--config configs/experiment/<variant>.yaml]
-[--config configs/experiment/single_<task>.yaml] --seed_everything N`` (``--seed``, default
-0; the data stay the same, the initialisation and the batch order change), with the CSV
-logger. Use one ``--root`` per seed.
-Each set ends with ``mtl-lightning compare`` of its MTL run(s) against the single-task runs
-of the same data, and everything is written to ``<root>/experiments.md`` and ``.json``:
+Every run is ``mtl-lightning fit --config configs/default.yaml --config <schedule>
+[--config configs/experiment/<variant>.yaml] [--config configs/experiment/single_<task>.yaml]
+--seed_everything N`` with the CSV logger, in ``<root>/<name>_seed<N>``: one root holds every
+seed (the data stay the same; the initialisation and the batch order change with the seed).
+A run whose ``metrics.json`` holds test metrics is skipped, so a set can be stopped and
+resumed, or spread over several sittings; a run that fails is reported and the set goes on.
+
+The schedule is ``configs/experiment/short.yaml`` for the README's sets (``--full``: the
+default job's) and ``configs/experiment/study.yaml`` for ``balancers``.
+Each set ends with :func:`mtl_lightning.compare.compare` of its multi-task runs against the
+single-task runs of the same data: every metric and delta_m as mean ± std over the seeds,
+and (where the set has equal weighting as a method) each method's paired t-test over seeds
+against it. Everything is written to ``<results>/experiments.md`` and ``.json``:
 
 - ``base``: hard-sharing MTL vs the three single-task baselines (delta_m, params, time),
   and MTL with the auxiliary edge task (``aux_edges``) against the same baselines;
@@ -17,8 +24,15 @@ of the same data, and everything is written to ``<root>/experiments.md`` and ``.
   MTL vs single-task classification on that label (the dense baselines are shared with
   ``base``: their data is the same), with the gradient cosines logged by the balancer;
 - ``labels``: 25 % and 10 % of the training labels per task: MTL vs single-task at each;
-- ``noise``: 0, 20 and 40 % wrong training labels: each task's metric for MTL (delta_m
-  against the single-task models trained on clean labels).
+- ``noise``: 0, 20 and 40 % wrong training labels: MTL against single-task models trained
+  on the *same* noisy labels (so the table shows whether sharing tolerates noise better than
+  training alone), and against the clean single-task models;
+- ``balancers``: the balancing study of :mod:`balancing_study` (every balancer config, a
+  tuned equal weighting, a static-weight simplex with its Pareto front), written to
+  ``<results>/balancing_study.md``, ``.json`` and ``balancing_pareto.png``;
+- ``architectures``: every architecture at the same budget (the study schedule), with the
+  auxiliary edge task so that PAD-Net and MTI-Net have two dense tasks to distil, against the
+  study's single-task baselines (same root); written to ``<results>/architectures.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -33,103 +48,263 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 
-from mtl_lightning.compare import compare, table  # noqa: E402
+import balancing_study as study  # noqa: E402
 
-TASKS = ("classification", "segmentation", "detection")
+from mtl_lightning.compare import _json_safe, compare, seed_table, table  # noqa: E402
+
+TASKS = study.TASKS
 BASE = ["--config", "configs/default.yaml", "--trainer.logger", "configs/logger/csv.yaml"]
-SHORT = ["--config", "configs/experiment/short.yaml"]
-#: the schedule of every run: short (default of this script) or the default job's (--full),
-#: and the seed
-SCHEDULE: list[str] = list(SHORT)
+SHORT = "configs/experiment/short.yaml"
+STUDY = "configs/experiment/study.yaml"
 
 
-def fit(root: Path, name: str, *configs: str) -> Path:
-    """One run; returns its directory (skipped when it finished before)."""
-    run = root / name
-    if (run / "run.json").is_file():
+class Runner:
+    """Runs (or skips) the fits of a set; remembers what failed."""
+
+    def __init__(self, root: Path, seeds: list[int], schedule: list[str],
+                 extra: list[str], dry: bool = False) -> None:
+        self.root, self.seeds, self.schedule, self.extra = root, seeds, schedule, extra
+        self.dry = dry
+        self.failed: list[str] = []
+
+    def fit(self, name: str, seed: int, *configs: str, schedule: list[str] | None = None,
+            args: tuple[str, ...] = ()) -> Path:
+        """One run ``<name>_seed<seed>``; returns its directory (skipped when finished)."""
+        run_name = f"{name}_seed{seed}"
+        run = self.root / run_name
+        if study.finished(run) or self.dry or run_name in self.failed:
+            return run
+        command = [sys.executable, "-m", "mtl_lightning.cli", "fit", *BASE,
+                   *(self.schedule if schedule is None else schedule)]
+        for config in configs:
+            command += ["--config", config if config.endswith(".yaml")
+                        else f"configs/experiment/{config}.yaml"]
+        command += [*args, *self.extra, f"--seed_everything={seed}", "--run_name", run_name,
+                    "--trainer.default_root_dir", str(self.root)]
+        start = time.perf_counter()
+        log = self.root / f"{run_name}.log"
+        with log.open("w") as output:
+            code = subprocess.run(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT
+                                  ).returncode
+        seconds = time.perf_counter() - start
+        if code != 0 or not study.finished(run):
+            self.failed.append(run_name)
+            print(f"{run_name}: FAILED after {seconds:.0f} s (exit {code}); see {log}",
+                  flush=True)
+        else:
+            log.unlink()
+            print(f"{run_name}: {seconds:.0f} s", flush=True)
         return run
-    command = [sys.executable, "-m", "mtl_lightning.cli", "fit", *BASE, *SCHEDULE]
-    for config in configs:
-        command += ["--config", f"configs/experiment/{config}.yaml"]
-    command += ["--run_name", name, "--trainer.default_root_dir", str(root)]
-    start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
-    return run
+
+    def seeded(self, name: str, *configs: str, **kwargs) -> list[Path]:
+        """The run ``name`` at every seed."""
+        return [self.fit(name, seed, *configs, **kwargs) for seed in self.seeds]
+
+    def singles(self, variant: str | None = None, **kwargs) -> list[Path]:
+        extra = [variant] if variant else []
+        suffix = f"_{variant}" if variant else ""
+        return [run for task in TASKS
+                for run in self.seeded(f"single_{task}{suffix}", *extra, f"single_{task}",
+                                       **kwargs)]
 
 
-def singles(root: Path, variant: str | None) -> list[Path]:
-    extra = [variant] if variant else []
-    suffix = f"_{variant}" if variant else ""
-    return [fit(root, f"single_{task}{suffix}", *extra, f"single_{task}") for task in TASKS]
+def existing(runs: list[Path]) -> list[Path]:
+    return [run for run in runs if study.finished(run)]
 
 
-def mean_cosines(run: Path) -> dict[str, float]:
-    """Mean of each logged ``train/mtl/cosine/<a>__<b>`` over the run (gradient conflict)."""
-    files = list(run.glob("**/metrics.csv"))
+def mean_cosines(runs: list[Path]) -> dict[str, float]:
+    """Mean of each logged ``train/mtl/cosine/<a>__<b>`` over the runs (gradient conflict)."""
     sums: dict[str, list[float]] = {}
-    for path in files:
-        for row in csv.DictReader(path.open()):
-            for key, value in row.items():
-                if key.startswith("train/mtl/cosine/") and value:
-                    sums.setdefault(key.rsplit("/", 1)[-1], []).append(float(value))
+    for run in runs:
+        for path in run.glob("**/metrics.csv"):
+            for row in csv.DictReader(path.open()):
+                for key, value in row.items():
+                    if key.startswith("train/mtl/cosine/") and value:
+                        sums.setdefault(key.rsplit("/", 1)[-1], []).append(float(value))
     return {pair: sum(v) / len(v) for pair, v in sums.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", default="base,unrelated,labels,noise")
-    parser.add_argument("--root", type=Path, default=REPO / "runs" / "experiments")
-    parser.add_argument("--full", action="store_true",
-                        help="the default job's schedule instead of short.yaml (~10 min a run)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed_everything of every run (the data are the same)")
-    args = parser.parse_args()
-    if args.full:
-        SCHEDULE.clear()
-    SCHEDULE.append(f"--seed_everything={args.seed}")
-    sets = args.sets.split(",")
-    root = args.root
-    root.mkdir(parents=True, exist_ok=True)
+def section(title: str, runs: list[Path], baselines: list[Path],
+            reference: str | None = None) -> tuple[dict | None, list[str]]:
+    """``compare`` of the finished runs, as JSON and Markdown (per run, then over seeds)."""
+    runs, baselines = existing(runs), existing(baselines)
+    if not runs or not baselines:
+        return None, [f"### {title}", "", "(not run yet)", ""]
+    result = compare(runs, baselines, reference=reference)
+    lines = [f"### {title}", "", table(result)[1]]
+    if any(m["n"] > 1 for m in result["methods"]):
+        lines += ["Over seeds (mean ± std):", "", seed_table(result)[1]]
+    lines += [f"- warning: {w}" for w in result["warnings"]]
+    return result, [*lines, ""]
+
+
+def readme_sets(runner: Runner, sets: list[str]) -> tuple[dict, list[str]]:
+    """The README's sets (base, unrelated, labels, noise) on the short schedule."""
     report: dict[str, object] = {}
-    markdown = []
-    base_singles = singles(root, None)
+    markdown: list[str] = []
+    singles = runner.singles()
+    mtl = runner.seeded("mtl")
+
+    def add(key: str, title: str, runs: list[Path], baselines: list[Path]) -> None:
+        result, lines = section(title, runs, baselines)
+        report[key] = result
+        markdown.extend(lines)
+
     if "base" in sets:
-        result = compare([fit(root, "mtl")], base_singles)
-        report["base"] = result
-        markdown += ["### MTL vs single-task (test)", "", table(result)[1]]
-        report["base_cosines"] = mean_cosines(root / "mtl")
-        # Task decomposition: does the auxiliary edge task help the main tasks?
-        result = compare([fit(root, "mtl"), fit(root, "mtl_aux_edges", "aux_edges")],
-                         base_singles)
-        report["aux_edges"] = result
-        markdown += ["### With the auxiliary edge task (test; edges left out of delta_m)", "",
-                     table(result)[1]]
+        add("base", "MTL vs single-task (test)", mtl, singles)
+        report["base_cosines"] = mean_cosines(existing(mtl))
+        add("aux_edges", "With the auxiliary edge task (test; edges left out of delta_m)",
+            mtl + runner.seeded("mtl_aux_edges", "aux_edges"), singles)
     if "unrelated" in sets:
-        cls = fit(root, "single_classification_unrelated", "unrelated",
-                  "single_classification")
-        result = compare([fit(root, "mtl_unrelated", "unrelated")], [cls, *base_singles[1:]])
-        report["unrelated"] = result
-        report["unrelated_cosines"] = mean_cosines(root / "mtl_unrelated")
-        markdown += ["### Unrelated image label (test)", "", table(result)[1],
-                     f"Mean gradient cosines, related: {report.get('base_cosines')}; "
+        classification = runner.seeded("single_classification_unrelated", "unrelated",
+                                        "single_classification")
+        runs = runner.seeded("mtl_unrelated", "unrelated")
+        add("unrelated", "Unrelated image label (test)", runs,
+            classification + [r for r in singles if "classification" not in r.name])
+        report["unrelated_cosines"] = mean_cosines(existing(runs))
+        markdown += [f"Mean gradient cosines, related: {report.get('base_cosines')}; "
                      f"unrelated: {report['unrelated_cosines']}", ""]
     if "labels" in sets:
         for variant in ("labels_25", "labels_10"):
-            result = compare([fit(root, f"mtl_{variant}", variant)], singles(root, variant))
-            report[variant] = result
-            markdown += [f"### {variant} (test)", "", table(result)[1]]
+            add(variant, f"{variant} (test)", runner.seeded(f"mtl_{variant}", variant),
+                runner.singles(variant))
     if "noise" in sets:
-        noisy = [fit(root, "mtl"), *(fit(root, f"mtl_{v}", v) for v in ("noise_20", "noise_40"))]
-        result = compare(noisy, base_singles)  # against single-task models on clean labels
-        report["noise"] = result
-        markdown += ["### Label noise 0 / 20 / 40 % (test; baselines on clean labels)", "",
-                     table(result)[1]]
-    (root / "experiments.json").write_text(json.dumps(report, indent=2))
-    (root / "experiments.md").write_text("\n".join(markdown))
-    print("\n".join(markdown))
-    print(f"Wrote {root / 'experiments.md'}")
+        add("noise_0", "Label noise 0 % (test; single-task on the same labels)", mtl, singles)
+        for variant in ("noise_20", "noise_40"):
+            runs = runner.seeded(f"mtl_{variant}", variant)
+            add(variant, f"Label noise {variant[6:]} % (test; single-task models trained on "
+                "the same noisy labels)", runs, runner.singles(variant))
+            add(f"{variant}_vs_clean", f"Label noise {variant[6:]} % (test; single-task "
+                "models trained on clean labels)", runs, singles)
+    return report, markdown
+
+
+def balancers(runner: Runner, plan: study.Plan, results: Path) -> None:
+    """The balancing study, seed by seed (a complete table per seed before the next), the
+    simplex after the first seed; the results are rewritten after each seed."""
+    schedule = ["--config", STUDY]
+    for index, seed in enumerate(plan.seeds):
+        for task in TASKS:
+            runner.fit(f"single_{task}", seed, f"single_{task}", schedule=schedule)
+        for config in plan.balancers:
+            runner.fit(config, seed, schedule=schedule,
+                       args=("--model.balancer", f"configs/balancer/{config}.yaml"))
+        for lr, weight_decay in plan.grid:
+            name = study.grid_name(lr, weight_decay)
+            if name not in plan.balancers:
+                runner.fit(name, seed, schedule=schedule,
+                           args=(f"--model.lr={lr}", f"--model.weight_decay={weight_decay}"))
+        if index == 0:
+            for weights in plan.simplex():
+                runner.fit(study.static_name(weights), seed, schedule=schedule, args=(
+                    "--model.balancer", "configs/balancer/equal.yaml",
+                    f"--model.balancer.init_args.weights={json.dumps(weights)}"))
+        if not runner.dry and index < len(plan.seeds) - 1:
+            write_study(runner.root, plan, results)  # a table per seed, while the next runs
+    write_study(runner.root, plan, results)
+
+
+ARCHITECTURES = ("hard", "mtan", "cross_stitch", "ensemble", "mmoe", "pad_net", "mti_net")
+
+
+def architectures(runner: Runner, results: Path) -> None:
+    """Every architecture on the study schedule with the edge task; compared per seed with
+    the study's single-task baselines (edges, auxiliary, is left out of delta_m)."""
+    schedule = ["--config", STUDY]
+    singles = [runner.fit(f"single_{task}", seed, f"single_{task}", schedule=schedule)
+               for seed in runner.seeds for task in TASKS]
+    runs = [runner.fit(f"arch_{name}", seed, "aux_edges", schedule=schedule,
+                       args=("--model.architecture", name))
+            for seed in runner.seeds for name in ARCHITECTURES]
+    result, lines = section("Architectures at the same budget (study schedule, with the "
+                            "auxiliary edge task; test)", runs, singles)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "architectures.json").write_text(json.dumps(_json_safe(result), indent=2))
+    (results / "architectures.md").write_text("\n".join(lines))
+    print(f"Wrote {results / 'architectures.md'}")
+
+
+def write_study(root: Path, plan: study.Plan, results: Path) -> None:
+    """Aggregate whatever the study has finished into ``results``."""
+    report = study.aggregate(root, plan)
+    results.mkdir(parents=True, exist_ok=True)
+    plot = study.draw_pareto(report, results / "balancing_pareto.png")
+    report["pareto_plot"] = plot.name if plot else None
+    (results / "balancing_study.json").write_text(json.dumps(_json_safe(report), indent=2))
+    text = study.markdown(report)
+    if plot:
+        text += f"\n![Pareto front]({plot.name})\n"
+    (results / "balancing_study.md").write_text(text)
+    print(f"Wrote {results / 'balancing_study.md'} ({report['finished_runs']} of "
+          f"{report['expected_runs']} runs finished)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default="base,unrelated,labels,noise")
+    parser.add_argument("--seeds", default="0", help="comma-separated seed_everything values")
+    parser.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
+    parser.add_argument("--root", type=Path, default=REPO / "runs" / "experiments",
+                        help="where the run directories go")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where the tables and the plot go (default: --root)")
+    parser.add_argument("--data_root", type=Path, default=None,
+                        help="the Scenes cache folder (default: the config's data/scenes)")
+    parser.add_argument("--full", action="store_true",
+                        help="the default job's schedule instead of short.yaml (~10 min a run)")
+    parser.add_argument("--fit_args", default="",
+                        help="extra arguments for every fit, e.g. a tiny check: "
+                             "'--trainer.limit_train_batches 2 --trainer.max_epochs 1'")
+    parser.add_argument("--balancers", default=None,
+                        help="balancers set: these configs only (default: all of "
+                             "configs/balancer/)")
+    parser.add_argument("--grid", default=None, metavar="LR:WD,...",
+                        help="balancers set: the tuned equal weighting's grid (default: "
+                             "lr 0.001, 0.003, 0.01 x weight decay 0.01, 0.05)")
+    parser.add_argument("--simplex_divisions", type=int, default=study.SIMPLEX_DIVISIONS,
+                        help="balancers set: the static-weight simplex's step is 1/N")
+    parser.add_argument("--aggregate_only", action="store_true",
+                        help="run nothing; write the tables of the runs already finished")
+    args = parser.parse_args(argv)
+    seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",")]
+    sets = args.sets.split(",")
+    known = {"base", "unrelated", "labels", "noise", "balancers", "architectures"}
+    unknown = set(sets) - known
+    if unknown:
+        parser.error(f"unknown --sets {sorted(unknown)}; choose from {', '.join(sorted(known))}.")
+    root = args.root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    results = (args.results or root).resolve()
+    extra = shlex.split(args.fit_args)
+    if args.data_root is not None:
+        extra += ["--data.init_args.root", str(args.data_root.resolve())]
+    runner = Runner(root, seeds, [] if args.full else ["--config", SHORT], extra,
+                    dry=args.aggregate_only)
+    if "balancers" in sets:
+        plan = study.Plan(seeds, divisions=args.simplex_divisions)
+        if args.balancers:
+            plan.balancers = args.balancers.split(",")
+            missing = sorted(set(plan.balancers) - set(study.balancer_configs()))
+            if missing:
+                parser.error(f"--balancers names {missing}, which are not in "
+                             "configs/balancer/; give file names without .yaml.")
+        if args.grid:
+            plan.grid = tuple(tuple(float(v) for v in p.split(":")) for p in args.grid.split(","))
+        balancers(runner, plan, results)
+    if "architectures" in sets:
+        architectures(runner, results)
+    readme = [s for s in sets if s not in ("balancers", "architectures")]
+    if readme:
+        report, markdown = readme_sets(runner, readme)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "experiments.json").write_text(json.dumps(_json_safe(report), indent=2))
+        (results / "experiments.md").write_text("\n".join(markdown))
+        print("\n".join(markdown))
+        print(f"Wrote {results / 'experiments.md'}")
+    if runner.failed:
+        print(f"Failed runs ({len(runner.failed)}): {', '.join(runner.failed)}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,13 @@ JSON (default ``benchmarks/results/suite[_quick][_cuda].json``) with the top-lev
 ``eval_overhead``              validation epoch / its forward passes alone (<= 1.3)
 ``peer_torchjd_upgrad``        our exact UPGrad step / torchjd's ``mtl_backward`` (<= 0.9),
                                suite/peers.py
+``peer_libmtl_step``           our Lightning step / LibMTL's trainer step on the dense tasks,
+                               equal weighting (<= 1.0; PCGrad in ``methods``), or why it
+                               cannot run (LibMTL absent), suite/peer_libmtl.py
 ``balancing_overhead``         per method, step time / equal weighting (benchmarks/balancing.py)
 ``peak_rss_mb``                the default run's peak resident memory, suite/memory.py
-``scaling``                    plain step time against image size and number of tasks
+``scaling``                    plain step time against image size, number of tasks and
+                               data set size (cache on and off), suite/scaling.py
 ``gpu``                        ``--device cuda``: absolute images/s, GPU busy share, suite/gpu.py
 ============================== ==========================================================
 
@@ -53,6 +57,7 @@ from suite.inference import mtl_vs_single_inference
 from suite.loader import loader_vs_step
 from suite.memory import peak_rss
 from suite.overheads import loss_overhead, train_step_overhead
+from suite.peer_libmtl import peer_libmtl_step
 from suite.peers import peer_torchjd_upgrad
 from suite.scaling import scaling
 from suite.settings import FULL, QUICK, Settings
@@ -67,6 +72,7 @@ RATIOS: dict[str, tuple[Measurement, str]] = {
     "loader_vs_step_ratio": (loader_vs_step, "min"),
     "eval_overhead": (eval_overhead, "max"),
     "peer_torchjd_upgrad": (peer_torchjd_upgrad, "max"),
+    "peer_libmtl_step": (peer_libmtl_step, "max"),
 }
 
 
@@ -117,6 +123,10 @@ def table(result: dict[str, Any]) -> str:
         sign = "<=" if direction == "max" else ">="
         lines.append(f"{key:<{W}}{ratio['median']:>9.3f}{ratio['min']:>9.3f}{ratio['max']:>9.3f}"
                      f"  {sign} {target:<5} {verdict(ratio['median'], target, direction)}")
+        for method, part in (entry.get("methods") or {}).items():
+            if isinstance(part, dict) and "ratio" in part:
+                lines.append(f"{'  ' + method:<{W}}{part['ratio']['median']:>9.3f}"
+                             f"{part['ratio']['min']:>9.3f}{part['ratio']['max']:>9.3f}")
         if key in DIAGNOSTICS and DIAGNOSTICS[key][0] in entry:
             name, part = DIAGNOSTICS[key][1], entry[DIAGNOSTICS[key][0]]
             lines.append(f"{name:<{W}}{part['median']:>9.3f}{part['min']:>9.3f}"
@@ -138,6 +148,14 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"{'scaling ' + name + ' (ms/step)':<{W}}{step['median']:>9.1f}"
                          f"{step['min']:>9.1f}{step['max']:>9.1f}  "
                          f"x{entry['ratio_to_default']['median']:.2f} of {reference}")
+    for name, entry in scaling.items():
+        if isinstance(entry, dict) and "per_sample_ms" in entry:
+            lines.append(f"{'scaling ' + name + ' (loader ms/sample)':<{W}}"
+                         f"{entry['per_sample_ms']:>9.2f}  cache {entry['cache_mb']:.0f} MB "
+                         f"in {entry['cache_setup_s']:.1f} s")
+    breakdown = (result.get("eval_overhead") or {}).get("breakdown_s") or {}
+    lines += [f"{'  validation ' + part + ' (s)':<{W}}{seconds:>9.3f}"
+              for part, seconds in breakdown.items()]
     gpu = result.get("gpu") or {}
     for key, value in gpu.items():
         if isinstance(value, dict) and "median" in value:
@@ -145,6 +163,8 @@ def table(result: dict[str, Any]) -> str:
                          f"{value['max']:>9.1f}")
         elif isinstance(value, float):
             lines.append(f"{'gpu ' + key:<{W}}{value:>9.3f}")
+    lines += [f"{key}: skipped: {value['skipped']}" for key, value in result.items()
+              if isinstance(value, dict) and "skipped" in value]
     errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
     lines += [f"{key}: FAILED: {error}" for key, error in errors.items()]
     return "\n".join(lines)
@@ -171,6 +191,8 @@ def customised(settings: Settings, args: argparse.Namespace) -> Settings:
                                if getattr(args, k) is not None}
     if args.sizes:
         changes["scaling_sizes"] = tuple(int(size) for size in args.sizes.split(","))
+    if args.data_sizes:
+        changes["scaling_data_sizes"] = tuple(int(size) for size in args.data_sizes.split(","))
     if args.methods:
         changes["balancing_methods"] = tuple(args.methods.split(","))
     if args.gpu_variants:
@@ -191,6 +213,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the setting's timed steps")
     parser.add_argument("--warmup", type=int, help="override the setting's warm-up steps")
     parser.add_argument("--sizes", help="image sizes of the scaling, e.g. 128,256,512")
+    parser.add_argument("--data-sizes", help="training-set sizes of the scaling (cache on "
+                        "and off), e.g. 100,400")
     parser.add_argument("--methods", help="balancing methods, e.g. equal,pcgrad (default: "
                         "all; with --quick a subset)")
     parser.add_argument("--gpu-variants", help="models of the gpu measurement, e.g. "

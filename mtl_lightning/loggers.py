@@ -24,6 +24,8 @@ from typing import Any, Literal
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from mtl_lightning.wandb_singletons import publish_singletons_once
+
 #: File in a run directory holding the id of the W&B run that logged it.
 WANDB_ID_FILE = "wandb_id.txt"
 
@@ -93,6 +95,14 @@ class AutoWandbLogger(WandbLogger):
         super().__init__(offline=offline, **kwargs)
         self.mode = "offline" if offline else "online"
         self._sync_hinted = False
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run; image masks and boxes publish their class labels into its config
+        once instead of once per image (:mod:`mtl_lightning.wandb_singletons`)."""
+        run = super().experiment
+        publish_singletons_once(run)
+        return run
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

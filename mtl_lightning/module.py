@@ -208,6 +208,7 @@ class MultiTaskModule(LightningModule):
             pyramid_levels={name: task.pyramid_levels for name, task in self.tasks.items()})
         for task in self.tasks.values():
             task.build_head(neck_channels, self.architecture.channels, self.architecture.strides)
+        self.architecture.bind_tasks(self.tasks)  # PAD-Net, MTI-Net: their initial heads
         data_config = next(m for m in self.architecture.modules()
                            if isinstance(m, Backbone)).data_config
         self.normalize = InputNormalization(image_mean or data_config["mean"],
@@ -305,6 +306,8 @@ class MultiTaskModule(LightningModule):
         for name, task in self.tasks.items():
             has, target = self.task_labels(batch, name)
             losses[name] = task.loss(outputs[name], target, has)
+            for weight, initial in self.architecture.deep_supervision.get(name, ()):
+                losses[name] = losses[name] + weight * task.loss(initial, target, has)
             counts[name] = has.sum()
             key = f"{stage}_{name}"
             if key in self.metrics and update_metrics:

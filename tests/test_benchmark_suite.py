@@ -80,6 +80,7 @@ def test_suite_runs_every_measurement_and_writes_its_keys(tmp_path: Path,
     process = subprocess.run(
         [sys.executable, str(RUN), "--config", str(SMOKE_CONFIG), "--json", str(output),
          "--quick", "--rounds", "2", "--steps", "2", "--warmup", "1", "--sizes", "64,96",
+         "--data-sizes", "16,32",
          "--only", ",".join(keys), "--", f"--data.init_args.root={scenes_root}"],
         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
@@ -96,7 +97,9 @@ def test_suite_runs_every_measurement_and_writes_its_keys(tmp_path: Path,
     assert result["mtl_vs_single_inference_speedup"] > 1.0  # one backbone instead of three
     scaling = result["scaling"]
     assert set(scaling) == {"size_64", "size_96", "tasks_1", "tasks_2", "tasks_3",
-                            "tasks_3_aux"}
+                            "tasks_3_aux", "data_16_cache_off", "data_16_cache_on",
+                            "data_32_cache_off", "data_32_cache_on"}
+    assert result["eval_overhead_details"]["breakdown_s"]["forward"] > 0
     assert scaling["size_96"]["step_ms"]["median"] > scaling["size_64"]["step_ms"]["median"]
     assert result["machine"]["torch"] == torch.__version__
     for line in ("train_step_overhead", "loss_overhead", "eval_overhead", "peak_rss_mb"):

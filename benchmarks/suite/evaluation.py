@@ -23,6 +23,7 @@ from mtl_lightning.callbacks.prediction_overlays import PredictionOverlays
 
 from .common import autocast_for, batches_in_memory, build_cli, spread, synchronize
 from .settings import Settings
+from .validation_breakdown import validation_breakdown
 
 TARGET = 1.3
 
@@ -59,7 +60,8 @@ def eval_overhead(settings: Settings, device: str, config: Path,
                   args: list[str]) -> dict[str, Any]:
     """The ratio, and the overlays' share of it: each round also validates with the
     prediction overlays switched off (``ratio_without_overlays``), since drawing, PNG
-    files and W&B images are a logging choice rather than evaluation."""
+    files and W&B images are a logging choice rather than evaluation. One more epoch,
+    with timers, says where the time goes (``breakdown_s``, suite/validation_breakdown.py)."""
     cli = build_cli(*args, config=config, device=device, logger=True)
     cli.datamodule.setup("validate")
     precision = str(cli.config.trainer.precision)
@@ -86,10 +88,15 @@ def eval_overhead(settings: Settings, device: str, config: Path,
             seconds[side].append(
                 forward_seconds(cli.model, batches, precision, device) if side == "forward"
                 else validate(side == "epoch"))
+    for callback, count in zip(overlays, shown):
+        callback.num_images = count
+    breakdown = validation_breakdown(cli.trainer, cli.model, cli.datamodule,
+                                     lambda: timer.seconds[-1])
     ratios = [e / f for e, f in zip(seconds["epoch"], seconds["forward"])]
     without = [e / f for e, f in zip(seconds["without_overlays"], seconds["forward"])]
     return {"ratio": spread(ratios), "ratio_without_overlays": spread(without),
             "epoch_s": spread(seconds["epoch"]),
             "epoch_without_overlays_s": spread(seconds["without_overlays"]),
             "forward_s": spread(seconds["forward"]), "target": TARGET,
+            "breakdown_s": breakdown,
             "images": sum(len(b["image"]) for b in batches)}

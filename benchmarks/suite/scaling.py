@@ -4,7 +4,11 @@
 - the image size (``scaling_sizes``: 128, 256, 512 px; the default model and its three
   tasks), and
 - the number of tasks at the first size: classification; + segmentation; + detection (the default);
-  + the auxiliary edge task (``configs/experiment/aux_edges.yaml``).
+  + the auxiliary edge task (``configs/experiment/aux_edges.yaml``);
+
+and, for the data side, the training-set size with the sample cache on and off (the
+``data_<n>_cache_<on|off>`` entries, suite/data_scaling.py: cache memory, its set-up time,
+and the loader's time per sample).
 
 Each variant gets a small Scenes set of its own (16 training images) in a scratch folder.
 Rounds interleave the variants; the figures are medians over rounds, with each variant's
@@ -21,6 +25,7 @@ from typing import Any
 import yaml
 
 from .common import REPO, batches_in_memory, build_cli, spread, time_calls
+from .data_scaling import data_size_scaling
 from .plain_loop import PlainLoop
 from .settings import Settings
 
@@ -76,9 +81,11 @@ def scaling(settings: Settings, device: str, config: Path, args: list[str]) -> d
                 times = time_calls(lambda _, loop=loop, batch=batches[0]: loop.step(batch),
                                    steps, min(settings.warmup, 2), device)
                 milliseconds[name].append(1e3 * statistics.median(times))
+        data_sizes = data_size_scaling(settings, device, config, args, folder)
     base = milliseconds[f"size_{settings.scaling_sizes[0]}"]
     return {
-        name: {"step_ms": spread(values),
-               "ratio_to_default": spread([v / b for v, b in zip(values, base)])}
-        for name, values in milliseconds.items()
+        **{name: {"step_ms": spread(values),
+                  "ratio_to_default": spread([v / b for v, b in zip(values, base)])}
+           for name, values in milliseconds.items()},
+        **data_sizes,
     }

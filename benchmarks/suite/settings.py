@@ -24,6 +24,8 @@ class Settings:
     scaling_sizes: tuple[int, ...] = (128, 256, 512)
     #: the balancing benchmark's own quick setting (2 rounds of 5 steps)
     quick: bool = False
+    #: training-set sizes of the data-size scaling (each with the sample cache on and off)
+    scaling_data_sizes: tuple[int, ...] = (100, 400)
     #: the models whose absolute images/s the ``gpu`` measurement reports (suite/gpu.py)
     gpu_variants: tuple[str, ...] = ("default_128px", "resnet50_512px")
 
@@ -34,4 +36,4 @@ QUICK = Settings(rounds=3, warmup=3, steps=8, in_memory_batches=4, scaling_steps
                  rss_train_batches=30,
                  balancing_methods=("equal", "static", "uncertainty", "famo_fast", "mgda",
                                     "pcgrad", "upgrad@representation"),
-                 quick=True)
+                 scaling_data_sizes=(50, 200), quick=True)

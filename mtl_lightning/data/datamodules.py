@@ -29,6 +29,7 @@ from mtl_lightning.data.coco import (
 )
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
+from mtl_lightning.data.sample_cache_budget import DEFAULT_CACHE_BUDGET, check_cache_budget
 from mtl_lightning.data.scenes import DENSE_TASK_NAMES, ScenesConfig, ensure_scenes
 from mtl_lightning.data.transforms import ResizeMode, eval_transforms, train_transforms
 from mtl_lightning.data.validation import DataError, load_and_validate, load_coco_json
@@ -124,6 +125,9 @@ class MultiTaskDataModule(LightningDataModule):
             and keep it in memory (before the random transforms); loader workers share it.
             About 65 KB per 128 px sample (image, mask, boxes), held once per DDP process, so
             meant for data sets that fit in RAM.
+        cache_budget: the share of the available memory one split's cache may take; a
+            split estimated larger is refused before it is decoded (0: no check). See
+            :mod:`mtl_lightning.data.sample_cache_budget`.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class MultiTaskDataModule(LightningDataModule):
         predict_images: str | None = None,
         cache_samples: bool = False,
         resize: ResizeMode = "stretch",
+        cache_budget: float = DEFAULT_CACHE_BUDGET,
     ) -> None:
         super().__init__()
         self.named_tasks = tasks is not None  # named by the user, else followed from the data
@@ -154,6 +159,7 @@ class MultiTaskDataModule(LightningDataModule):
                         "color_jitter": color_jitter}
         self.predict_images = predict_images
         self.cache_samples = cache_samples
+        self.cache_budget = cache_budget
         eval_transforms(1, (), resize)  # an unknown mode is refused here, in one sentence
         self.resize = resize
         self.datasets: dict[str, Dataset] = {}
@@ -178,6 +184,8 @@ class MultiTaskDataModule(LightningDataModule):
         cacheable = isinstance(dataset, CocoMultiTaskDataset)  # not the predict folder
         if not self.cache_samples or not cacheable or dataset._cache is not None:
             return
+        check_cache_budget([(dataset.decoded_sample, len(dataset))], f"the {split} split",
+                           self.cache_budget)
         start = time.perf_counter()
         megabytes = dataset.cache_in_memory()
         log.info("data.cache_samples: %d %s samples decoded in %.1f s, %.0f MB held",
@@ -236,7 +244,7 @@ class ScenesDataModule(MultiTaskDataModule):
         num_train, num_val, num_test, num_classes, min_objects, max_objects,
         min_object_size, max_object_size, classification_target, label_noise,
         label_fraction, seed: the generator's knobs (see ``ScenesConfig``).
-        dense: also render depth and surface normals (the images do not change; see
+        dense: also render depth and surface normals and shade the images by them (see
             :mod:`mtl_lightning.data.scenes_dense`); the set then labels five tasks.
         generator_workers: processes used to generate the images (0: in this process).
         **kwargs: loader and transform options of ``MultiTaskDataModule``.

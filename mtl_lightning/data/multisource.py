@@ -68,6 +68,7 @@ from mtl_lightning.data.coco import (
 )
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.datamodules import MultiTaskDataModule
+from mtl_lightning.data.sample_cache_budget import check_cache_budget
 from mtl_lightning.data.sources import (
     ClassificationFolder,
     DataSourceError,
@@ -431,6 +432,10 @@ class MultiSourceDataModule(MultiTaskDataModule):
             raise DataSourceError(
                 f"data.sources has no source with split '{split}'; add one to run that stage."
             )
+        waiting = [d for d in self.source_datasets[split].values() if d._cache is None]
+        if self.cache_samples and waiting:
+            check_cache_budget([(d.untransformed, len(d)) for d in waiting],
+                               f"the {split} split", self.cache_budget)
         for dataset in self.source_datasets[split].values():
             if self.cache_samples and dataset._cache is None:  # when its first loader is made
                 megabytes = dataset.cache_in_memory()

@@ -35,8 +35,10 @@ Determinism
 Each split derives its own seed sequence from ``(seed, split_index)``; each image draws from
 its own child sequence, so an image does not depend on the order, the parallelism or the number
 of images generated. Pixels never depend on ``label_noise`` or ``label_fraction`` (those draw
-from a separate stream). :func:`ensure_scenes` stores a dataset under a folder named after
-:func:`fingerprint` of its config and reuses it when it is complete.
+from a separate stream). ``dense: true`` keeps every layout, colour and label of the plain set
+and shades the colours by the rendered geometry (see :mod:`mtl_lightning.data.scenes_dense`).
+:func:`ensure_scenes` stores a dataset under a folder named after :func:`fingerprint` of its
+config and reuses it when it is complete.
 """
 
 from __future__ import annotations
@@ -174,8 +176,9 @@ class ScenesConfig:
     label_noise: float = 0.0
     label_fraction: tuple[tuple[str, float], ...] = ()
     seed: int = 0
-    #: also render depth and surface normals (see :mod:`mtl_lightning.data.scenes_dense`);
-    #: the images are the same either way
+    #: also render depth and surface normals and shade the image by them (see
+    #: :mod:`mtl_lightning.data.scenes_dense`); layouts, colours and the other labels are the
+    #: same either way
     dense: bool = False
 
     def __post_init__(self) -> None:
@@ -263,7 +266,9 @@ def _canonical_config(config: ScenesConfig) -> dict[str, Any]:
     values["max_object_size"] = config.resolved_max_object_size
     values["label_fraction"] = config.label_fractions
     values["generator_version"] = GENERATOR_VERSION
-    if not config.dense:  # the datasets made before dense labels existed keep their name
+    if config.dense:  # dense sets also change with their rendering and shading
+        values["dense_version"] = scenes_dense.DENSE_VERSION
+    else:  # the datasets made before dense labels existed keep their name
         del values["dense"]
     return values
 
@@ -591,14 +596,6 @@ def generate_scene(config: ScenesConfig, split: str, index: int) -> Scene:
     placements, instances = _sample_layout(rng, config)
     masks = [instances == k for k in range(1, len(placements) + 1)]
     _paint_objects(rng, image, texture_colours, placements, masks)
-    image += rng.standard_normal(size=image.shape, dtype=np.float32) * _PIXEL_NOISE_STD
-    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    categories = [p.category for p in placements]
-    if config.classification_target == "related":
-        areas = [int(mask.sum()) for mask in masks]
-        image_label = categories[int(np.argmax(areas))]  # ties: the lowest index
-    else:
-        image_label = texture
     dense = None
     if config.dense:
         dense = scenes_dense.render(
@@ -608,6 +605,15 @@ def generate_scene(config: ScenesConfig, split: str, index: int) -> Scene:
             [[j for j in range(k) if _boxes_overlap(placements[j].vertices, p.vertices)]
              for k, p in enumerate(placements)],
             masks)
+        image = scenes_dense.shade(image, dense)  # lit by the geometry the labels describe
+    image += rng.standard_normal(size=image.shape, dtype=np.float32) * _PIXEL_NOISE_STD
+    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    categories = [p.category for p in placements]
+    if config.classification_target == "related":
+        areas = [int(mask.sum()) for mask in masks]
+        image_label = categories[int(np.argmax(areas))]  # ties: the lowest index
+    else:
+        image_label = texture
     return Scene(pixels, texture, categories, masks, image_label, dense)
 
 

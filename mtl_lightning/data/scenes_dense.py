@@ -1,16 +1,15 @@
-"""Depth and surface normals for the Scenes benchmark, rendered from each scene's geometry.
+"""Depth and surface normals for the Scenes benchmark, rendered from each scene's geometry,
+and the shading that makes them visible in the image.
 
-The RGB images do not change: the dense labels are drawn from a stream of their own, so a
-Scenes config renders the same pixels with or without them (and the default three-task job
-is unaffected). What the labels describe:
+The labels describe:
 
-- **The background** is a plane tilted away from the camera (a floor or a wall seen at an
-  angle): its depth grows linearly across the image in a random direction from
-  ``BACKGROUND_NEAR`` to ``BACKGROUND_FAR``, and its normal is that of the tilted plane, the
-  same at every pixel. (Depth and normals are related as for an orthographic camera: a
-  normal leans towards where the depth grows.)
-- **Each object** has a distance from the camera that follows perspective (a larger
-  apparent size means nearer: ``distance = FOCAL * OBJECT_EXTENT / size``), then is pulled in
+- **The background**, a plane tilted away from the camera (a floor or a wall seen at an
+  angle) by ``BACKGROUND_TILT`` degrees in a random direction. The camera is orthographic
+  for the plane (``BACKGROUND_SIDE`` metres per image side), so its depth grows linearly in
+  the tilt's direction with slope ``tan(tilt)`` around ``BACKGROUND_CENTRE``, and its normal
+  leans the same way (the steeper the depth ramp, the more the normal leans).
+- **Each object**, at a distance from the camera that follows perspective (a larger
+  apparent size means nearer: ``distance = FOCAL * OBJECT_EXTENT / size``), then pulled in
   front of every earlier object it overlaps, so occlusion follows distance (the painter's
   order the image was drawn in puts later objects on top). Objects are always in front of
   the background.
@@ -22,6 +21,16 @@ Labels cover the visible surface only, like the masks. Units: depth in metres (s
 16-bit PNGs in millimetres, ``DEPTH_SCALE`` metres per unit), normals as unit vectors in the
 camera frame (x right, y down, z towards the camera; stored as 8-bit RGB in the usual
 ``(n + 1) / 2`` encoding).
+
+**Shading** (:func:`shade`). Labels the pixels do not show cannot be learnt, so a dense set
+lights its image by the same geometry: every pixel's colour is scaled by Lambertian shading
+(``AMBIENT`` plus the rest times ``max(0, n . LIGHT)``; Lambert's cosine law) and then mixed
+with a haze colour by the transmittance ``exp(-HAZE_DENSITY * depth)`` (Koschmieder's model
+of atmospheric haze). The haze is what shows the background's tilt: its strength follows
+the depth ramp across the image. The light comes from above and in front, with no
+left-right component, so a horizontally flipped image (the training augmentation) is lit
+the same way. Shading is applied to the painted colours before the pixel noise; it draws
+no random numbers, so a dense image differs from the plain one only by the shading.
 """
 
 from __future__ import annotations
@@ -33,8 +42,11 @@ import numpy as np
 
 #: metres per unit of the 16-bit depth PNGs
 DEPTH_SCALE = 0.001
-#: the background's depth range in metres
-BACKGROUND_NEAR, BACKGROUND_FAR = 4.0, 10.0
+#: bump whenever a dense set's pixels or labels change for an unchanged config (it enters the
+#: fingerprint of dense sets only)
+DENSE_VERSION = 2
+#: the background plane's depth at the image centre and the metres one image side spans
+BACKGROUND_CENTRE, BACKGROUND_SIDE = 7.5, 2.8
 #: the focal length in pixels per image side and the objects' physical extent in metres
 FOCAL_PER_SIDE = 1.0
 OBJECT_EXTENT = 0.25
@@ -44,6 +56,17 @@ OCCLUSION_GAP = 0.9
 MAX_TILT = 40.0
 #: the background plane's tilt range, degrees
 BACKGROUND_TILT = (20.0, 60.0)
+#: the nearest background depth the tilt range allows (at an image corner): objects stay
+#: in front of it
+BACKGROUND_NEAR = (BACKGROUND_CENTRE - math.sqrt(0.5) * BACKGROUND_SIDE
+                   * math.tan(math.radians(BACKGROUND_TILT[1])))
+#: the direction towards the light (camera frame: x right, y down, z towards the camera)
+LIGHT = (0.0, -0.6, 1.0)
+#: the share of the light that reaches a surface whatever its normal
+AMBIENT = 0.45
+#: the haze's extinction per metre and its colour
+HAZE_DENSITY = 0.12
+HAZE_COLOUR = (185.0, 195.0, 210.0)
 
 
 @dataclass(frozen=True)
@@ -62,13 +85,12 @@ def background(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, n
     """The tilted background plane: (H, W) depth and its (3,) normal."""
     direction = rng.uniform(0.0, 2 * math.pi)
     tilt = math.radians(rng.uniform(*BACKGROUND_TILT))
-    coords = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
+    coords = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size - 0.5
     xx, yy = np.meshgrid(coords, coords)
-    # 0 at the near edge, 1 at the far edge, along ``direction``
-    along = (xx - 0.5) * math.cos(direction) + (yy - 0.5) * math.sin(direction)
-    along = (along - along.min()) / max(float(along.max() - along.min()), 1e-6)
-    depth = BACKGROUND_NEAR + (BACKGROUND_FAR - BACKGROUND_NEAR) * along
-    # depth grows along ``direction``: the normal (z towards the camera) leans the same way
+    # metres from the image centre along ``direction``; depth grows that way by tan(tilt)
+    along = (xx * math.cos(direction) + yy * math.sin(direction)) * BACKGROUND_SIDE
+    depth = BACKGROUND_CENTRE + math.tan(tilt) * along
+    # the normal (z towards the camera) leans where the depth grows, by the tilt
     normal = np.array([math.sin(tilt) * math.cos(direction),
                        math.sin(tilt) * math.sin(direction), math.cos(tilt)])
     return depth.astype(np.float32), normal.astype(np.float32)
@@ -134,3 +156,24 @@ def png_to_normals(rgb: np.ndarray) -> np.ndarray:
     truth and stays a zero vector)."""
     valid = rgb.any(axis=-1, keepdims=True)
     return (rgb.astype(np.float32) / 255.0 * 2.0 - 1.0) * valid
+
+
+def lambert(normals: np.ndarray) -> np.ndarray:
+    """(H, W) brightness factor of unit ``normals`` lit by ``LIGHT``: ``AMBIENT`` plus the
+    rest times the clipped cosine to the light (Lambert's cosine law)."""
+    light = _unit(np.asarray(LIGHT, dtype=np.float32))
+    cosine = np.clip(normals @ light, 0.0, 1.0)
+    return (AMBIENT + (1.0 - AMBIENT) * cosine).astype(np.float32)
+
+
+def transmittance(depth: np.ndarray) -> np.ndarray:
+    """(H, W) share of a surface's light that crosses ``depth`` metres of haze."""
+    return np.exp(-HAZE_DENSITY * depth).astype(np.float32)
+
+
+def shade(colours: np.ndarray, dense: DenseScene) -> np.ndarray:
+    """The (H, W, 3) float ``colours`` (surface albedo, 0-255) as lit and hazed by the
+    scene's geometry: ``colours * lambert * t + HAZE_COLOUR * (1 - t)``."""
+    t = transmittance(dense.depth)[..., None]
+    lit = colours * lambert(dense.normals)[..., None]
+    return (lit * t + np.asarray(HAZE_COLOUR, dtype=np.float32) * (1.0 - t)).astype(np.float32)

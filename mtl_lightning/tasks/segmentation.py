@@ -18,12 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from torchvision import tv_tensors
 from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
+from mtl_lightning.tasks.confusion_metrics import (
+    SegmentationIoU,
+    SegmentationPixelAccuracy,
+    class_ids,
+)
 from mtl_lightning.tasks.dense_decoders import ASPPDecoder, DecoderKind, decoder_pyramid_levels
 from mtl_lightning.tasks.drawing import dense_to_size
 from mtl_lightning.tasks.wandb_media import WANDB_IGNORE, class_labels, wandb_mask
@@ -139,28 +143,26 @@ class SegmentationTask(Task):
         return list(outputs.argmax(1))
 
     def build_metrics(self, stage: str) -> MetricCollection:
-        # validate_args=False: torchmetrics' per-update check runs torch.unique over every
-        # pixel of targets and predictions, a noticeable share of a CPU training step
-        # (docs/performance.md).
-        # Predictions are argmax ids by construction, and mask ids are checked when the data
-        # is loaded (data/validation.py: categories map to classes; 255 is ignore).
+        # One confusion matrix, counted by a bincount on the device, serves both metrics
+        # (tasks/confusion_metrics.py); their values are torchmetrics' MulticlassJaccardIndex
+        # (macro) and MulticlassAccuracy (micro) with ignore index 255.
         return MetricCollection({
-            "miou": MulticlassJaccardIndex(
-                self.num_classes, average="macro", ignore_index=IGNORE_INDEX,
-                validate_args=False,
-            ),
-            "pixel_accuracy": MulticlassAccuracy(
-                self.num_classes, average="micro", ignore_index=IGNORE_INDEX,
-                validate_args=False,
-            ),
+            "miou": SegmentationIoU(self.num_classes, ignore_index=IGNORE_INDEX),
+            "pixel_accuracy": SegmentationPixelAccuracy(self.num_classes,
+                                                        ignore_index=IGNORE_INDEX),
         })
 
     def update_metrics(
         self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
         has: torch.Tensor,
     ) -> None:
-        if bool(has.any()):
-            metrics.update(outputs[has].detach().argmax(1), targets[has].long())
+        if not bool(has.any()):
+            return  # a metric never updated in an epoch is not computed (module.py)
+        # Unlabelled samples become ignored pixels instead of being indexed out: no copy of
+        # the batch.
+        unlabelled = ~has.view(-1, *([1] * (targets.dim() - 1)))
+        metrics.update(class_ids(outputs.detach()),
+                       targets.long().masked_fill(unlabelled, IGNORE_INDEX))
 
     @classmethod
     def placeholder_target(cls, height: int, width: int) -> tv_tensors.Mask:

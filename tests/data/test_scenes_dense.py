@@ -1,19 +1,30 @@
-"""Scenes renders depth and surface normals without changing its images: occlusion follows
-distance, spheres bulge towards the camera, maps are written beside the COCO file."""
+"""Scenes renders depth and surface normals and shades its images by them: occlusion follows
+distance, spheres bulge towards the camera, the background's depth ramp follows its tilt,
+the shading is Lambertian plus haze, maps are written beside the COCO file, and the plain
+(default) set keeps its pixels."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from mtl_lightning.data import scenes_dense
+from mtl_lightning.data import scenes, scenes_dense
 from mtl_lightning.data.scenes import ScenesConfig, generate_scene, generate_split
 from mtl_lightning.data.scenes_dense import (
+    AMBIENT,
     BACKGROUND_NEAR,
+    BACKGROUND_SIDE,
     DEPTH_SCALE,
+    HAZE_COLOUR,
+    HAZE_DENSITY,
+    LIGHT,
+    DenseScene,
     depth_to_png,
     normals_to_png,
     object_distances,
@@ -23,13 +34,70 @@ from mtl_lightning.data.scenes_dense import (
 SMALL = {"image_size": 64, "num_train": 6, "num_val": 2, "num_test": 2, "num_classes": 8}
 
 
-def test_dense_labels_change_no_pixel_and_no_other_label() -> None:
+def test_the_default_sets_pixels_are_those_it_always_had() -> None:
+    """The README's quality bar was measured on these pixels: shading must not touch them."""
+    digest = hashlib.sha256()
+    config = ScenesConfig(**SMALL)
+    for index in range(4):
+        digest.update(generate_scene(config, "train", index).image.tobytes())
+    assert digest.hexdigest()[:16] == "6c9098256c75e79e"
+
+
+def test_dense_images_differ_from_plain_ones_exactly_by_the_shading(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same layout, colours and labels; each pixel is the plain one lit and hazed by the
+    rendered geometry (checked without pixel noise, which is added after the shading)."""
+    monkeypatch.setattr(scenes, "_PIXEL_NOISE_STD", 0.0)
     plain, dense = ScenesConfig(**SMALL), ScenesConfig(**SMALL, dense=True)
     for index in range(6):
         a, b = generate_scene(plain, "train", index), generate_scene(dense, "train", index)
-        assert np.array_equal(a.image, b.image)
         assert a.categories == b.categories and a.image_label == b.image_label
+        assert all(np.array_equal(m, n) for m, n in zip(a.masks, b.masks, strict=True))
         assert a.dense is None and b.dense is not None
+        expected = scenes_dense.shade(a.image.astype(np.float32), b.dense)
+        unclipped = ((a.image > 0) & (a.image < 255)).all(-1)  # plain colours not clipped
+        error = np.abs(b.image.astype(np.float32) - expected)[unclipped]
+        assert error.max() <= 1.0  # two roundings
+        assert np.abs(b.image.astype(np.float32) - a.image).mean() > 10.0
+
+
+def test_lambertian_shading_follows_the_normal_and_haze_the_depth() -> None:
+    """A flat patch facing the light is lit fully, one facing away gets the ambient share
+    only, one facing the camera the predicted cosine; farther patches fade into the haze."""
+    light = np.asarray(LIGHT) / np.linalg.norm(LIGHT)
+    patches = np.array([light, [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    normals = np.repeat(patches[None], 2, axis=0)  # (2, 3, 3): two rows of three patches
+    depth = np.array([[1.0] * 3, [3.0] * 3], dtype=np.float32)
+    colour = np.array([200.0, 100.0, 50.0], dtype=np.float32)
+    shaded = scenes_dense.shade(np.broadcast_to(colour, (2, 3, 3)).copy(),
+                                DenseScene(depth, normals))
+    haze = np.asarray(HAZE_COLOUR, dtype=np.float32)
+    for row, metres in enumerate((1.0, 3.0)):
+        t = math.exp(-HAZE_DENSITY * metres)
+        brightness = (shaded[row] - haze * (1 - t)) / (colour * t)  # per patch and channel
+        assert np.allclose(brightness[0], 1.0, atol=1e-4)
+        assert np.allclose(brightness[1], AMBIENT, atol=1e-4)
+        assert np.allclose(brightness[2], AMBIENT + (1 - AMBIENT) * light[2], atol=1e-4)
+    assert np.allclose(brightness[0] / brightness[1], 1 / AMBIENT, atol=1e-3)
+    # the contrast between the lit and the unlit patch falls with depth by the transmittance
+    near, far = (shaded[r, 0] - shaded[r, 1] for r in (0, 1))
+    assert np.allclose(far / near, math.exp(-HAZE_DENSITY * 2.0), atol=1e-4)
+
+
+def test_the_backgrounds_depth_ramp_follows_its_tilt() -> None:
+    """The plane's depth gradient (metres per metre) is tan(tilt) towards where its normal
+    leans, so the haze ramp the image shows determines the normal."""
+    size = 64
+    metres_per_pixel = BACKGROUND_SIDE / size
+    tilts = []
+    for seed in range(8):
+        depth, normal = scenes_dense.background(np.random.default_rng(seed), size)
+        gy, gx = np.gradient(depth.astype(np.float64), metres_per_pixel)
+        assert np.allclose(gx, normal[0] / normal[2], atol=1e-3)
+        assert np.allclose(gy, normal[1] / normal[2], atol=1e-3)
+        assert depth.min() >= BACKGROUND_NEAR - 1e-4
+        tilts.append(math.degrees(math.acos(normal[2])))
+    assert max(tilts) - min(tilts) > 10  # the tilts differ, and so do the ramps
 
 
 def test_default_dataset_keeps_its_fingerprint_and_dense_gets_its_own() -> None:
@@ -38,6 +106,16 @@ def test_default_dataset_keeps_its_fingerprint_and_dense_gets_its_own() -> None:
     # the default config's name from before dense labels existed: its data is reused
     assert fingerprint(ScenesConfig()) == "cf387da90806"
     assert fingerprint(ScenesConfig(dense=True)) != fingerprint(ScenesConfig())
+
+
+def test_a_new_dense_rendering_renames_dense_sets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dense set generated before the shading must not be reused as if it were shaded."""
+    from mtl_lightning.data.scenes import fingerprint
+
+    plain, dense = fingerprint(ScenesConfig()), fingerprint(ScenesConfig(dense=True))
+    monkeypatch.setattr(scenes_dense, "DENSE_VERSION", scenes_dense.DENSE_VERSION + 1)
+    assert fingerprint(ScenesConfig()) == plain
+    assert fingerprint(ScenesConfig(dense=True)) != dense
 
 
 def test_a_later_overlapping_object_is_nearer_and_every_object_is_before_the_background() -> None:

@@ -1,4 +1,5 @@
-"""How tasks share parameters: hard sharing, cross-stitch, MTAN, or an ensemble.
+"""How tasks share parameters: hard sharing, cross-stitch, MTAN, an ensemble, gated experts
+(MMoE, CGC), or a task-interaction decoder (PAD-Net, MTI-Net).
 
 ``model.architecture`` names one of :data:`ARCHITECTURES`; ``model.architecture_options``
 passes its options (e.g. ``{"self_weight": 0.9}`` for cross-stitch).
@@ -15,14 +16,20 @@ from mtl_lightning.models.architectures.base import (
 )
 from mtl_lightning.models.architectures.cross_stitch import CrossStitch, CrossStitchUnit
 from mtl_lightning.models.architectures.ensemble import Ensemble
+from mtl_lightning.models.architectures.gated_experts import GatedExperts
 from mtl_lightning.models.architectures.hard import HardSharing
 from mtl_lightning.models.architectures.mtan import AttentionUnit, MultiTaskAttention
+from mtl_lightning.models.architectures.mti_net import MTINet
+from mtl_lightning.models.architectures.pad_net import PADNet
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
     "hard": HardSharing,
     "cross_stitch": CrossStitch,
     "mtan": MultiTaskAttention,
     "ensemble": Ensemble,
+    "mmoe": GatedExperts,
+    "pad_net": PADNet,
+    "mti_net": MTINet,
 }
 
 
@@ -44,6 +51,6 @@ def build_architecture(name: str, tasks: list[str], make_backbone: BackboneFacto
 
 __all__ = [
     "ARCHITECTURES", "Architecture", "AttentionUnit", "BackboneFactory", "CrossStitch",
-    "CrossStitchUnit", "Ensemble", "HardSharing", "MultiTaskAttention", "ParameterRoles",
-    "build_architecture",
+    "CrossStitchUnit", "Ensemble", "GatedExperts", "HardSharing", "MTINet", "MultiTaskAttention",
+    "PADNet", "ParameterRoles", "build_architecture",
 ]

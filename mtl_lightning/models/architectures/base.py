@@ -12,8 +12,9 @@ For the balancers it also names the role of each parameter (see
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,10 @@ class Architecture(nn.Module, ABC):
             produced (what the balancer differentiates through).
         channels, strides: of the backbone maps (every task's backbone is the same model).
         pyramid_channels: width of the feature pyramid the heads read.
+        deep_supervision: ``{task: [(weight, outputs), ...]}`` of the last training forward
+            pass: extra predictions of a task (a task-interaction decoder's initial ones)
+            that the module supervises with that task's own loss, ``weight * task.loss(
+            outputs, targets, has)`` added to the task's loss. Empty for most architectures.
     """
 
     shares_representation: bool = True
@@ -59,6 +64,11 @@ class Architecture(nn.Module, ABC):
         self.pyramid_tasks = list(self.pyramid_levels)
         self.pyramid_channels = neck_channels
         self.representation: list[torch.Tensor] = []
+        self.deep_supervision: dict[str, list[tuple[float, Any]]] = {}
+
+    def bind_tasks(self, tasks: Mapping[str, nn.Module]) -> None:
+        """Called once the tasks' heads are built (their output formats known): an
+        architecture that makes predictions of its own (PAD-Net, MTI-Net) builds them here."""
 
     def expose(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """The trunk's maps as the layers above it must read them, kept for the balancer.

@@ -1,0 +1,132 @@
+"""The balancing study's plan and analysis (benchmarks/balancing_study.py) and the seeded,
+resumable experiment runner (benchmarks/experiments.py), on hand-made run folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import balancing_study as study  # noqa: E402
+import experiments  # noqa: E402
+
+TASKS = study.TASKS
+HEADLINE = study.HEADLINE
+
+
+def _run(root: Path, name: str, seed: int, values: dict[str, float],
+         val: dict[str, float] | None = None) -> Path:
+    """A finished run: test (and val) headline metrics, its seed in config.yaml."""
+    run = root / name
+    run.mkdir(parents=True)
+    metrics = {f"test/{t}/{HEADLINE[t]}": v for t, v in values.items()}
+    metrics |= {f"val/{t}/{HEADLINE[t]}": v for t, v in (val or values).items()}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "config.yaml").write_text(f"seed_everything: {seed}\n")
+    (run / "run.json").write_text(json.dumps({"train/images_per_second": 10.0}))
+    return run
+
+
+def test_simplex_is_coarse_sums_to_the_task_count_and_leaves_out_the_vertices() -> None:
+    points = study.simplex_weights()
+    assert len(points) == 12  # 15 points of step 1/4 on the 2-simplex, minus 3 vertices
+    assert all(sum(p.values()) == pytest.approx(3.0) for p in points)
+    assert all(max(p.values()) < 3.0 for p in points)
+    assert {"classification": 0.75, "segmentation": 1.5, "detection": 0.75} in points
+    assert study.static_name(points[0]).startswith("static_")
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points() -> None:
+    points = [(1, 1, 1), (2, 0, 1), (0.5, 0.5, 0.5), (1, 1, 1), (2, 0, 0.5)]
+    # (0.5,...) is dominated by (1,1,1); (2,0,0.5) by (2,0,1); equal points dominate not
+    assert study.pareto_front(points) == [0, 1, 3]
+
+
+def test_plan_counts_every_run_once() -> None:
+    plan = study.Plan([0, 1, 2])
+    configs = len(study.balancer_configs())
+    # singles + balancers + the 5 grid points other than the default (= equal) per seed
+    assert plan.expected_runs() == 3 * (3 + configs + 5) + 12
+    assert study.balancer_configs()[0] == "equal"
+    assert study.grid_name(0.003, 0.05) == "equal"
+
+
+def test_aggregate_pairs_methods_with_equal_and_picks_the_tuned_grid_point_on_val(
+        tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for task in TASKS:
+            _run(tmp_path, f"single_{task}_seed{seed}", seed, {task: 0.5})
+        _run(tmp_path, f"equal_seed{seed}", seed, dict.fromkeys(TASKS, 0.5))
+        # mgda: better by 0.05 and 0.07 on every metric (+10 and +14 % delta_m)
+        _run(tmp_path, f"mgda_seed{seed}", seed, dict.fromkeys(TASKS, 0.55 + 0.02 * seed))
+        # a grid point: best on validation, worse on test (the pick must look at val only)
+        _run(tmp_path, f"equal_lr0.01_wd0.05_seed{seed}", seed, dict.fromkeys(TASKS, 0.4),
+             val=dict.fromkeys(TASKS, 0.6))
+    _run(tmp_path, "static_1.5_1.5_0_seed0", 0, {"classification": 0.6,
+                                                  "segmentation": 0.6, "detection": 0.1})
+    plan = study.Plan([0, 1], balancers=["equal", "mgda"],
+                      grid=((0.003, 0.05), (0.01, 0.05)), divisions=2)
+    report = study.aggregate(tmp_path, plan)
+    assert report["finished_runs"] == 6 + 2 + 2 + 2 + 1
+    assert report["expected_runs"] == 2 * (3 + 2 + 1) + 3
+    assert report["tuned_equal"]["picked"] == "equal_lr0.01_wd0.05"
+    methods = {m["method"]: m for m in report["test"]["methods"]}
+    assert set(methods) == {"equal", "mgda", "equal_tuned"}
+    assert methods["mgda"]["n"] == 2
+    paired = methods["mgda"]["paired"]["delta_m"]
+    assert paired["mean"] == pytest.approx(12.0)
+    assert paired["n"] == 2 and paired["test"] == "paired t-test over seeds"
+    assert methods["equal_tuned"]["summary"]["delta_m"]["mean"] == pytest.approx(-20.0)
+    [point] = report["simplex"]
+    assert point["test"]["detection"] == pytest.approx(0.1)
+    text = study.markdown(report)
+    assert "13 of 15 runs finished (PARTIAL" in text
+    assert "| mgda | 2 |" in text and "+12.00 ±" in text
+
+
+def test_pareto_plot_is_written(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    report = {"simplex": [{"weights": {}, "test": dict(zip(TASKS, v))}
+                          for v in ((0.5, 0.4, 0.3), (0.4, 0.5, 0.3), (0.3, 0.3, 0.2))],
+              "test": {"methods": []}}
+    path = study.draw_pareto(report, tmp_path / "pareto.png")
+    assert path is not None and path.stat().st_size > 1000
+    assert study.draw_pareto({"simplex": [], "test": {"methods": []}}, tmp_path / "x.png") is None
+
+
+def test_a_run_is_finished_only_with_test_metrics(tmp_path: Path) -> None:
+    run = tmp_path / "equal_seed0"
+    run.mkdir()
+    assert not study.finished(run)
+    (run / "metrics.json").write_text(json.dumps({"val/segmentation/miou": 0.5}))
+    assert not study.finished(run)  # written after a validation: interrupted before test
+    (run / "metrics.json").write_text('{"test/segmentation/miou": 0.')
+    assert not study.finished(run)  # interrupted while writing
+    (run / "metrics.json").write_text(json.dumps({"test/segmentation/miou": 0.5}))
+    assert study.finished(run)
+
+
+def test_runner_skips_finished_runs_and_goes_on_after_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(tmp_path, "equal_seed0", 0, dict.fromkeys(TASKS, 0.5))
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 1)  # fails, writes nothing
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_run)
+    runner = experiments.Runner(tmp_path, [0, 1], [], ["--trainer.max_epochs=1"])
+    runs = runner.seeded("equal", args=("--model.balancer", "configs/balancer/equal.yaml"))
+    assert [r.name for r in runs] == ["equal_seed0", "equal_seed1"]
+    assert len(calls) == 1  # seed 0 finished before: skipped
+    assert "--seed_everything=1" in calls[0] and "--trainer.max_epochs=1" in calls[0]
+    assert calls[0][calls[0].index("--run_name") + 1] == "equal_seed1"
+    assert runner.failed == ["equal_seed1"]
+    assert (tmp_path / "equal_seed1.log").is_file()  # the failed run's output is kept
