@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from mtl_lightning.data import masks
-from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.data.constants import COCO_TASK_NAMES, IGNORE_INDEX
 from mtl_lightning.data.dense_map_files import dense_map_specs, placeholder, read_dense_map
 from mtl_lightning.data.image_labels import ImageLabels, image_class_names, resolve_image_labels
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ensure_inside, load_rgb
@@ -49,7 +49,7 @@ from mtl_lightning.data.validation import DataError, load_and_validate
 #: ``tasks`` is a dense-map task (``dense_maps``). With :func:`coco_task_info` and
 #: :meth:`CocoMultiTaskDataset.decoded_sample` this is where the COCO reader says which task
 #: types its format supplies.
-TASK_NAMES = ("classification", "segmentation", "detection")
+TASK_NAMES = COCO_TASK_NAMES
 
 
 def coco_task_info(image_class_names: list[str], category_names: list[str],

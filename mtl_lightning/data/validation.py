@@ -47,6 +47,8 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mtl_lightning.data import masks
+from mtl_lightning.data.constants import COCO_TASK_NAMES
+from mtl_lightning.data.dense_map_files import dense_map_types
 from mtl_lightning.data.errors import DataError
 from mtl_lightning.data.image_labels import (
     MAX_UNDECLARED_INDEX,
@@ -411,11 +413,7 @@ def _declared_size(image: dict) -> tuple[int, int] | None:
 
 def _known_tasks() -> tuple[str, ...]:
     """The tasks a COCO file can label: its own three and the dense-map tasks."""
-    # Imported here: coco.py imports this module to validate its file (no import cycle).
-    from mtl_lightning.data.coco import TASK_NAMES
-    from mtl_lightning.data.dense_map_files import dense_map_types
-
-    return (*TASK_NAMES, *dense_map_types())
+    return (*COCO_TASK_NAMES, *dense_map_types())
 
 
 class _Cleaner:
@@ -738,9 +736,7 @@ def _task_coverage(images: dict[int, dict], annotations: list[dict],
                    labels: _ImageLabelInfo) -> dict[str, int]:
     """Images usable per task (see ``DataReport.task_coverage``); the dense-map tasks' maps
     are files beside the annotations, not part of this count."""
-    from mtl_lightning.data.coco import TASK_NAMES
-
-    tasks = TASK_NAMES
+    tasks = COCO_TASK_NAMES
     without_mask = {a["image_id"] for a in annotations if not a.get("iscrowd")
                     and "segmentation" not in a and not a.get("mask_missing")}
     coverage = dict.fromkeys(tasks, 0)
