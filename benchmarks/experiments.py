@@ -1,4 +1,4 @@
-"""The experiment sets of the README, on Scenes, on a CPU, over several seeds.
+"""The experiment sets of docs/experiments.md, on Scenes, on a CPU, over several seeds.
 
     python benchmarks/experiments.py [--sets base,unrelated,labels,noise,balancers]
         [--seeds 0,1,2] [--root DIR] [--results DIR] [--data_root DIR] [--full]
