@@ -332,3 +332,26 @@ def markdown(report: dict[str, Any]) -> str:
                          + f" | {'*' if i in front else ''} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def main() -> None:
+    """``python benchmarks/balancing_study.py [--seeds 0,1,2] [--root DIR]``: the plan's size,
+    and with ``--root`` how many of its runs are finished there (``experiments.py --sets
+    balancers`` runs and aggregates them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--root", type=Path, default=None, help="the study's run folder")
+    args = parser.parse_args()
+    plan = Plan([int(s) for s in args.seeds.split(",")])
+    print(f"{len(plan.balancers)} balancer configs x {len(plan.seeds)} seeds, "
+          f"{len(plan.grid)} equal-weighting grid points, {len(plan.simplex())} simplex "
+          f"points: {plan.expected_runs()} runs.")
+    if args.root is not None:
+        done = sum(finished(run) for run in args.root.glob("*_seed*") if run.is_dir())
+        print(f"{done} finished in {args.root}.")
+
+
+if __name__ == "__main__":
+    main()
