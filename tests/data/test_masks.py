@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from mtl_lightning.data import masks
+from mtl_lightning.data.coco import masks
 
 HEIGHT, WIDTH = 30, 40
 

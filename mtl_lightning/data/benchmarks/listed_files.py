@@ -31,8 +31,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data.coco import copy_containers, tensor_bytes
-from mtl_lightning.data.datamodules import MultiTaskDataModule
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.containers import copy_containers, tensor_bytes
 from mtl_lightning.data.errors import DataError
 from mtl_lightning.data.images import ImageDecodeError, load_rgb
 

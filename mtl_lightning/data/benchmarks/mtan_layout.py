@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data.datamodules import MultiTaskDataModule
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.coco.validation import DataError
 from mtl_lightning.data.dense_maps import DepthMap, NormalMap
-from mtl_lightning.data.validation import DataError
 
 IGNORE_INDEX = 255
 

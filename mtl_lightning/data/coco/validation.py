@@ -46,11 +46,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mtl_lightning.data import masks
-from mtl_lightning.data.constants import COCO_TASK_NAMES
-from mtl_lightning.data.dense_map_files import dense_map_types
-from mtl_lightning.data.errors import DataError
-from mtl_lightning.data.image_labels import (
+from mtl_lightning.data.coco import masks
+from mtl_lightning.data.coco.dense_map_files import dense_map_types
+from mtl_lightning.data.coco.image_labels import (
     MAX_UNDECLARED_INDEX,
     ImageLabels,
     declared_classes,
@@ -58,6 +56,8 @@ from mtl_lightning.data.image_labels import (
     resolve_image_labels,
     unusable_labels,
 )
+from mtl_lightning.data.constants import COCO_TASK_NAMES
+from mtl_lightning.data.errors import DataError
 from mtl_lightning.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,

@@ -37,12 +37,17 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data import masks
+from mtl_lightning.data.coco import masks
+from mtl_lightning.data.coco.dense_map_files import dense_map_specs, placeholder, read_dense_map
+from mtl_lightning.data.coco.image_labels import (
+    ImageLabels,
+    image_class_names,
+    resolve_image_labels,
+)
+from mtl_lightning.data.coco.validation import DataError, load_and_validate
 from mtl_lightning.data.constants import COCO_TASK_NAMES, IGNORE_INDEX
-from mtl_lightning.data.dense_map_files import dense_map_specs, placeholder, read_dense_map
-from mtl_lightning.data.image_labels import ImageLabels, image_class_names, resolve_image_labels
+from mtl_lightning.data.containers import copy_containers, tensor_bytes
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ensure_inside, load_rgb
-from mtl_lightning.data.validation import DataError, load_and_validate
 
 #: The task instances a COCO file labels by itself, named after their registered types
 #: (image labels: classification, masks: segmentation, boxes: detection); any other task of
@@ -74,9 +79,7 @@ def coco_task_info(image_class_names: list[str], category_names: list[str],
                       "category_ids": list(category_ids)},
     }
 
-# Re-exported: the data modules import them from here.
-__all__ = ["IGNORE_INDEX", "TASK_NAMES", "CocoMultiTaskDataset", "ImageLabels", "ImageRecord",
-           "coco_task_info", "image_class_names", "resolve_image_labels",
+__all__ = ["TASK_NAMES", "CocoMultiTaskDataset", "ImageRecord", "coco_task_info",
            "segmentation_category_ids"]
 
 
@@ -125,7 +128,7 @@ class CocoMultiTaskDataset(Dataset):
         allow_outside_images: read images whose path resolves outside ``image_root`` (by
             default such entries are dropped by validation, and refused when read).
         dense_maps: per-task folders of per-image depth or normal maps (see
-            :mod:`mtl_lightning.data.dense_map_files`); default: the COCO file's own
+            :mod:`mtl_lightning.data.coco.dense_map_files`); default: the COCO file's own
             ``dense_maps`` entry, if any (the Scenes benchmark writes one).
     """
 
@@ -339,24 +342,3 @@ class CocoMultiTaskDataset(Dataset):
                      "orig_size": (int(height), int(width))},
         }
         return sample
-
-
-def copy_containers(value: Any) -> Any:
-    """A copy of the dicts, lists and tuples of ``value``; tensors and other leaves are
-    shared (the transforms never change a tensor in place)."""
-    if isinstance(value, dict):
-        return {key: copy_containers(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(copy_containers(item) for item in value)
-    return value
-
-
-def tensor_bytes(value: Any) -> int:
-    """Bytes of the tensors in a nested structure of dicts, lists and tuples."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(tensor_bytes(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(item) for item in value)
-    return 0

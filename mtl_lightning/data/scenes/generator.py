@@ -36,7 +36,7 @@ Each split derives its own seed sequence from ``(seed, split_index)``; each imag
 its own child sequence, so an image does not depend on the order, the parallelism or the number
 of images generated. Pixels never depend on ``label_noise`` or ``label_fraction`` (those draw
 from a separate stream). ``dense: true`` keeps every layout, colour and label of the plain set
-and shades the colours by the rendered geometry (see :mod:`mtl_lightning.data.scenes_dense`).
+and shades the colours by the rendered geometry (see :mod:`mtl_lightning.data.scenes.dense`).
 :func:`ensure_scenes` stores a dataset under a folder named after :func:`fingerprint` of its
 config and reuses it when it is complete.
 """
@@ -59,8 +59,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 
-from mtl_lightning.data import scenes_dense
-from mtl_lightning.data.scenes_dense import DenseScene
+from mtl_lightning.data.scenes import dense as scenes_dense
+from mtl_lightning.data.scenes.dense import DenseScene
 
 __all__ = [
     "DENSE_TASK_NAMES",
@@ -177,7 +177,7 @@ class ScenesConfig:
     label_fraction: tuple[tuple[str, float], ...] = ()
     seed: int = 0
     #: also render depth and surface normals and shade the image by them (see
-    #: :mod:`mtl_lightning.data.scenes_dense`); layouts, colours and the other labels are the
+    #: :mod:`mtl_lightning.data.scenes.dense`); layouts, colours and the other labels are the
     #: same either way
     dense: bool = False
 
