@@ -15,8 +15,8 @@ from mtl_lightning.data.coco.image_labels import (
     resolve_image_labels,
 )
 from mtl_lightning.data.coco.validation import load_and_validate, load_coco_json
-from mtl_lightning.data.errors import DataError
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
+from mtl_lightning.shared.errors import DataError
 
 TASK_SOURCES = ("classification from an image-label field or derived from 2+ categories, "
                 "segmentation from annotation masks, detection from categories and boxes")

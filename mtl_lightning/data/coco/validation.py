@@ -57,7 +57,6 @@ from mtl_lightning.data.coco.image_labels import (
     unusable_labels,
 )
 from mtl_lightning.data.constants import COCO_TASK_NAMES
-from mtl_lightning.data.errors import DataError
 from mtl_lightning.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -66,6 +65,7 @@ from mtl_lightning.data.images import (
     load_rgb,
     read_image_size,
 )
+from mtl_lightning.shared.errors import DataError
 
 SMALL_AREA = 32**2  # COCO's small/medium/large thresholds, in box area (pixels^2)
 LARGE_AREA = 96**2
