@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import PurePath
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
@@ -47,7 +48,20 @@ class NamedSource:
 
 
 class MultiTaskDataModule(LightningDataModule):
-    """Shared loader and transform options of every data module.
+    """The base class of every data module: its interface and shared loader options.
+
+    The interface the model, the CLI and the callbacks rely on (the CLI accepts only
+    subclasses as ``data.class_path``):
+
+    - :attr:`task_info`: task instance -> ``{"type", "num_classes", "class_names", ...}``,
+      known before ``setup`` (the CLI links it into the model);
+    - :attr:`datasets`: split name (``train``, ``val``, ``test``, ``predict``) -> dataset,
+      filled by ``setup`` (and ``predict_dataloader``);
+    - :meth:`has_split`: whether ``setup`` produced a split (a COCO test set is optional).
+
+    The init arguments of every subclass are saved as hyper-parameters
+    (``save_hyperparameters``), so a checkpoint holds them
+    (``datamodule_hyper_parameters``): ``export`` reads the image size from there.
 
     Args:
         tasks: task instances to load labels for; ``None`` (the default) loads every task the
@@ -94,6 +108,12 @@ class MultiTaskDataModule(LightningDataModule):
         cache_budget: float = DEFAULT_CACHE_BUDGET,
     ) -> None:
         super().__init__()
+        # Every subclass's init arguments too (Lightning collects the whole __init__ chain);
+        # not logged: the run's config already is, and the model's "tasks" differ from ours.
+        self.save_hyperparameters(logger=False)
+        for key, value in self.hparams.items():  # plain values: checkpoints load weights_only
+            if isinstance(value, PurePath):
+                self.hparams[key] = str(value)
         self.named_tasks = tasks is not None  # named by the user, else followed from the data
         self.tasks = tuple(tasks) if tasks is not None else COCO_TASK_NAMES
         self.image_size = image_size
@@ -114,10 +134,13 @@ class MultiTaskDataModule(LightningDataModule):
     #: ``data.max_image_pixels``, which ``predict`` then applies to its folder too.
     max_image_pixels: int = DEFAULT_MAX_PIXELS
 
+    #: Split name -> dataset, filled by ``setup`` (and ``predict_dataloader``).
+    datasets: dict[str, Dataset]
+
     @property
     def task_info(self) -> dict[str, dict[str, Any]]:
         """Task -> ``{"num_classes", "class_names"}``, linked into the model by the CLI."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define task_info.")
 
     def has_split(self, split: str) -> bool:
         """Whether ``setup`` produced a ``split`` dataset (a COCO test set is optional)."""

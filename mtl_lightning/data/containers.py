@@ -1,32 +1,31 @@
 """Walks over a sample's nested dicts, lists and tuples: copying the containers and counting
-the tensors' bytes (the in-memory sample cache needs both)."""
+the tensors' bytes (the in-memory sample cache needs both). Both use Lightning's
+``apply_to_collection``, which rebuilds every container it walks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def copy_containers(value: Any) -> Any:
     """A copy of the dicts, lists and tuples of ``value``; tensors and other leaves are
     shared (the transforms never change a tensor in place)."""
-    if isinstance(value, dict):
-        return {key: copy_containers(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(copy_containers(item) for item in value)
-    return value
+    return apply_to_collection(value, object, _same, wrong_dtype=(Mapping, Sequence))
 
 
 def tensor_bytes(value: Any) -> int:
     """Bytes of the tensors in a nested structure of dicts, lists and tuples."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(tensor_bytes(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(item) for item in value)
-    return 0
+    sizes: list[int] = []
+    apply_to_collection(value, torch.Tensor, lambda t: sizes.append(t.numel() * t.element_size()))
+    return sum(sizes)
 
 
 __all__ = ["copy_containers", "tensor_bytes"]
