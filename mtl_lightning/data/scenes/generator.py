@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 
+from mtl_lightning.data.coco import masks
 from mtl_lightning.data.scenes import dense as scenes_dense
 from mtl_lightning.data.scenes.dense import DenseScene
 
@@ -645,19 +645,16 @@ def _noisy_labels(
 
 
 def _mask_annotation(mask: np.ndarray, category: int) -> dict[str, Any]:
-    """COCO annotation (without ids) of one visible mask: tight box, area and RLE."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    x0, y0 = int(cols[0]), int(rows[0])
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    """COCO annotation (without ids) of one visible mask: tight box (whole pixels), area and
+    RLE."""
+    rle = masks.encode(mask)
+    box = masks.mask_box(rle, *mask.shape)
     return {
         "category_id": category + 1,
-        "bbox": [x0, y0, int(cols[-1]) - x0 + 1, int(rows[-1]) - y0 + 1],
+        "bbox": [int(v) for v in box],
         "area": int(mask.sum()),
         "iscrowd": 0,
-        "segmentation": {
-            "size": [int(s) for s in rle["size"]],
-            "counts": rle["counts"].decode("ascii"),
-        },
+        "segmentation": rle,
     }
 
 
