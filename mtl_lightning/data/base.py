@@ -16,6 +16,7 @@ from pathlib import PurePath
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Dataset
 
 from mtl_lightning.data.collate import collate_multitask
@@ -112,8 +113,7 @@ class MultiTaskDataModule(LightningDataModule):
         # not logged: the run's config already is, and the model's "tasks" differ from ours.
         self.save_hyperparameters(logger=False)
         for key, value in self.hparams.items():  # plain values: checkpoints load weights_only
-            if isinstance(value, PurePath):
-                self.hparams[key] = str(value)
+            self.hparams[key] = apply_to_collection(value, PurePath, str)
         self.named_tasks = tasks is not None  # named by the user, else followed from the data
         self.tasks = tuple(tasks) if tasks is not None else COCO_TASK_NAMES
         self.image_size = image_size
