@@ -118,3 +118,23 @@ def test_ignore_index_is_defined_once() -> None:
             if any(isinstance(t, ast.Name) and t.id == "IGNORE_INDEX" for t in targets):
                 definitions.append(module_name(path))
     assert definitions == [f"{ROOT}.shared.constants"]
+
+
+def test_no_constant_is_defined_twice_with_the_same_value() -> None:
+    """An upper-case module-level name assigned the same value in two modules is one value
+    defined twice (IGNORE_INDEX once was, in eight files): define it once and import it."""
+    seen: dict[tuple[str, str], str] = {}
+    twice = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            for target in targets:
+                if (isinstance(target, ast.Name) and target.id.isupper()
+                        and node.value is not None):
+                    key = (target.id, ast.unparse(node.value))
+                    if key in seen:
+                        twice.append(f"{target.id} in {seen[key]} and {module_name(path)}")
+                    seen.setdefault(key, module_name(path))
+    assert not twice, "; ".join(twice)
+

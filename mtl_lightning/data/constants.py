@@ -10,4 +10,7 @@ COCO_TASK_NAMES = ("classification", "segmentation", "detection")
 """The task types a COCO file can label (image labels, masks, boxes), in this order. The COCO
 reader and its validation both need it; defined here so neither imports the other."""
 
-__all__ = ["COCO_TASK_NAMES", "IGNORE_INDEX"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""The labelled splits a data set can have, in this order (``predict`` reads a folder)."""
+
+__all__ = ["COCO_TASK_NAMES", "IGNORE_INDEX", "SPLITS"]

@@ -59,6 +59,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mtl_lightning.data.coco import masks
+from mtl_lightning.data.constants import SPLITS
 from mtl_lightning.data.scenes import dense as scenes_dense
 from mtl_lightning.data.scenes.dense import DenseScene
 
@@ -94,7 +95,6 @@ TEXTURE_NAMES: tuple[str, ...] = ("stripes", "checker", "noise", "waves")
 TASK_NAMES: tuple[str, ...] = ("classification", "detection", "segmentation")
 #: the tasks a ``dense: true`` Scenes set labels besides ``TASK_NAMES``
 DENSE_TASK_NAMES: tuple[str, ...] = ("depth", "normals")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 CLASSIFICATION_TARGETS: tuple[str, ...] = ("related", "unrelated")
 
 COMPLETE_MARKER = "COMPLETE"

@@ -62,6 +62,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.data.coco.dataset import TASK_NAMES, CocoMultiTaskDataset, coco_task_info
 from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.constants import SPLITS
 from mtl_lightning.data.containers import copy_containers, tensor_bytes
 from mtl_lightning.data.sample_cache_budget import check_cache_budget
 from mtl_lightning.data.sources.folders import (
@@ -75,7 +76,6 @@ from mtl_lightning.data.workers import freeze_in_worker
 from mtl_lightning.tasks import task_class
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 SamplingMode = Literal["max_size_cycle", "min_size", "max_size", "sequential"]
 EvalLoaders = Literal["concat", "per_source"]
 Batch = dict[str, Any]
