@@ -34,11 +34,11 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 
 from mtl_lightning.commands import UsageError, tool_main
-from mtl_lightning.data.image_labels import ImageLabels
+from mtl_lightning.data.coco.image_labels import ImageLabels
+from mtl_lightning.data.coco.validation import DataError, DataReport, load_coco_json, validate_coco
+from mtl_lightning.data.constants import SPLITS
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
-from mtl_lightning.data.validation import DataError, DataReport, load_coco_json, validate_coco
 
-SPLITS = ("train", "val", "test")
 DECODE_AUTO_IMAGES = 1000
 """Files listing at most this many images have every image decoded by default."""
 #: data.init_args options check-data reads from a config, with its own option of that name.

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -78,6 +78,7 @@ from mtl_lightning.callbacks.schedule_check import ScheduleCheck
 from mtl_lightning.checkpoint_io import CheckpointWriteError, SafeCheckpointIO, read_checkpoint
 from mtl_lightning.cli_errors import USER_ERRORS, inner_sentence, one_line
 from mtl_lightning.commands import TOOLS, run_tool
+from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.loggers import resume_wandb_run
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.runs import (
@@ -228,10 +229,8 @@ class MultiTaskCLI(LightningCLI):
             self.config_init[subcommand].verbose = False
 
     def after_fit(self) -> None:
-        data = self.datamodule
-        if self.config["fit"].test_after_fit and hasattr(data, "has_split") and (
-            not data.has_split("test")
-        ):
+        data: MultiTaskDataModule = self.datamodule
+        if self.config["fit"].test_after_fit and not data.has_split("test"):
             rank_zero_info("test_after_fit: the data has no test split, nothing to test.")
         elif self.config["fit"].test_after_fit:
             best = self.trainer.checkpoint_callback
@@ -284,7 +283,7 @@ def run_cli(args: list[str] | None = None, exit_on_error: bool = True) -> MultiT
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             cli = MultiTaskCLI(
                 MultiTaskModule,
-                LightningDataModule,
+                MultiTaskDataModule,  # every data.class_path is one (task_info, has_split)
                 subclass_mode_data=True,
                 args=args,
                 save_config_kwargs={"overwrite": True},

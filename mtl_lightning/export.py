@@ -11,7 +11,9 @@ as the evaluation transforms give it (resize to ``S``, scale to [0, 1]); the gra
 subtracts the mean and divides by the std the checkpoint was trained with (its backbone's
 statistics, or ``model.image_mean``/``image_std``), so a deployment feeds plain RGB / 255. The
 batch size is dynamic; ``S`` is fixed at export: ``--image_size``, by default the training
-``data.init_args.image_size`` read from the run's ``config.yaml`` next to the checkpoint.
+``image_size`` of the data module, which the checkpoint holds (``datamodule_hyper_parameters``;
+a checkpoint written before the data modules saved theirs falls back on the run's
+``config.yaml`` next to it).
 
 Outputs, by name (``<task>_<key>`` for a task whose head returns several tensors):
 
@@ -46,6 +48,7 @@ from typing import Any, Literal
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule
 from torch import nn
 
 from mtl_lightning.checkpoint_io import read_checkpoint
@@ -125,15 +128,34 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
     return module.eval()
 
 
+def _square_side(size: Any, source: str) -> int | None:
+    """One side of a square ``image_size`` (an int, or equal ``[height, width]``)."""
+    if not size:
+        return None
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"The run's image_size is {list(size)} ({source}), not a square; "
+                             "the export is square: give --image_size.")
+        size = size[0]
+    return int(size)
+
+
 def run_image_size(ckpt_path: str | Path) -> int | None:
-    """``data.init_args.image_size`` of the run's ``config.yaml`` near the checkpoint."""
+    """The data module's ``image_size`` the checkpoint was trained with: from the checkpoint's
+    ``datamodule_hyper_parameters``, else (an older checkpoint) from
+    ``data.init_args.image_size`` of the run's ``config.yaml`` near it; ``None`` if neither
+    says."""
+    checkpoint = read_checkpoint(ckpt_path)
+    saved = checkpoint.get(LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+    if "image_size" in saved:
+        return _square_side(saved["image_size"], f"the data module saved in '{ckpt_path}'")
     for folder in list(Path(ckpt_path).resolve().parents)[:2]:
         config = folder / "config.yaml"
         if config.is_file():
             data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
             size = (data.get("init_args") or {}).get("image_size") if isinstance(
                 data, dict) else None
-            return int(size) if size else None
+            return _square_side(size, str(config))
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from argparse import ArgumentError
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,25 @@ def test_fit_writes_config_metrics_and_checkpoints(fitted) -> None:
     saved = (run_dir / "config.yaml").read_text()
     assert "ScenesDataModule" in saved and "test_after_fit: true" in saved
 
+
+
+def test_the_checkpoint_holds_the_data_modules_arguments(fitted, scenes_root: Path) -> None:
+    """save_hyperparameters: what the data module was built with travels in each checkpoint
+    (export reads the image size from there), loadable with ``weights_only``."""
+    cli, _ = fitted
+    checkpoint = torch.load(Path(cli.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    saved = checkpoint["datamodule_hyper_parameters"]
+    assert saved["root"] == str(scenes_root) and saved["image_size"] == cli.datamodule.image_size
+    assert saved["num_train"] == cli.datamodule.config.num_train
+
+
+def test_a_data_class_path_that_is_no_multitask_data_module_is_refused(tmp_path: Path) -> None:
+    """The CLI takes only MultiTaskDataModule subclasses (task_info, datasets, has_split)."""
+    with pytest.raises((SystemExit, ArgumentError)):
+        run_cli(["fit", "--config", str(SMOKE_CONFIG), "--trainer.default_root_dir",
+                 str(tmp_path / "runs"),
+                 "--data", "lightning.pytorch.demos.boring_classes.BoringDataModule"],
+                exit_on_error=False)
 
 def test_reloaded_checkpoint_gives_identical_predictions(fitted, tiny_scenes) -> None:
     cli, _ = fitted

@@ -130,3 +130,19 @@ def test_bad_checkpoint_is_one_line(bad: str, tmp_path: Path, capsys) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("mtl-lightning: error:") and bad in lines[0]
     assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_reads_the_image_size_from_a_checkpoint_without_a_run_config(
+    checkpoint: Path, tiny_scenes, tmp_path: Path
+) -> None:
+    # The fixture's checkpoint lies alone in its folder: no config.yaml near it. The data
+    # module's init arguments travel in the checkpoint instead (save_hyperparameters).
+    assert not list(checkpoint.parent.glob("config.yaml"))
+    assert not list(checkpoint.parent.parent.glob("config.yaml"))
+    saved = torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]
+    assert saved["image_size"] == tiny_scenes.image_size == 64  # not DEFAULT_IMAGE_SIZE (128)
+    assert saved["root"] == str(tiny_scenes.root)
+    onnx_file = tmp_path / "model.onnx"
+    export(checkpoint, onnx_file, postprocess=False, exporter="legacy")
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 64, 64]

@@ -149,7 +149,7 @@ def test_lightning_cli_still_parses_the_checkpoint_path_in_a_hook() -> None:
 
 
 def test_faster_coco_eval_still_has_the_rle_decoder_we_call() -> None:
-    from mtl_lightning.data.masks import checked_rle
+    from mtl_lightning.data.coco.masks import checked_rle
 
     runs = checked_rle.toUncompressedRLE([{"size": [2, 3], "counts": "06"}])[0]["counts"]
     assert list(runs) == [0, 6], runs  # "06": 0 background pixels, then 6 foreground

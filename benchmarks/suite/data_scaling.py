@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtl_lightning.data.coco import tensor_bytes
+from mtl_lightning.data.containers import tensor_bytes
 
 from .common import build_cli, spread
 from .settings import Settings

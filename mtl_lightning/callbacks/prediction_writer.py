@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning_utilities.core.apply_func import apply_to_collection
 from PIL import Image
 from torchvision.io import write_png
 
@@ -145,9 +146,6 @@ def confident(prediction: Any, threshold: float) -> Any:
 
 
 def to_cpu(value: Any) -> Any:
-    """Tensors (also inside dicts) moved to the CPU, for drawing and serialising."""
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {key: to_cpu(v) for key, v in value.items()}
-    return value
+    """Tensors (also inside dicts, lists and tuples) moved to the CPU, for drawing and
+    serialising."""
+    return apply_to_collection(value, torch.Tensor, torch.Tensor.cpu)

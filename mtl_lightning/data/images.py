@@ -55,6 +55,10 @@ from torchvision.transforms.v2.functional import to_dtype
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest image (height * width) ``load_rgb`` decodes by default (data.max_image_pixels)."""
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+"""File suffixes read as images where a folder is listed (``predict``'s folder, the folder
+sources of ``data.sources``)."""
+
 ORIENTATION_TAG = 0x0112
 TORCHVISION_FORMATS = frozenset({"JPEG", "WEBP", "GIF"})  # not PNG: see the module docstring
 TORCHVISION_EXIF_FORMATS = frozenset({"JPEG"})  # decode_image ignores WebP's EXIF

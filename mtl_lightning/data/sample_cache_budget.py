@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mtl_lightning.data.coco import tensor_bytes
+from mtl_lightning.data.containers import tensor_bytes
 
 #: The default share of the available memory one split's cache may take.
 DEFAULT_CACHE_BUDGET = 0.5

@@ -38,7 +38,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-IGNORE_INDEX = 255
+from mtl_lightning.shared.constants import IGNORE_INDEX
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
 
 ResizeMode = Literal["stretch", "letterbox"]
 RESIZE_MODES = ("stretch", "letterbox")
@@ -59,8 +60,6 @@ def size_hw(image_size: ImageSize) -> tuple[int, int]:
 
 def _padding_fill(inpt: Any) -> int:
     # Depth and normal maps are masks to torchvision, but their "no ground truth" is 0.
-    from mtl_lightning.data.dense_maps import DepthMap, NormalMap
-
     if isinstance(inpt, (DepthMap, NormalMap)):
         return 0
     return IGNORE_INDEX if isinstance(inpt, tv_tensors.Mask) else 0

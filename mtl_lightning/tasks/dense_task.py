@@ -41,7 +41,7 @@ class DenseRegressionTask(Task):
     has_classes = False
     draws_panel = True
     #: Its targets are per-image dense maps (``data.dense_maps``, see
-    #: :mod:`mtl_lightning.data.dense_map_files`), read by :meth:`decode_map`.
+    #: :mod:`mtl_lightning.data.coco.dense_map_files`), read by :meth:`decode_map`.
     reads_dense_maps = True
 
     @classmethod

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from mtl_lightning.models.neck import Features
+from mtl_lightning.shared.dense_maps import DepthMap
+from mtl_lightning.shared.errors import DataError
 from mtl_lightning.tasks.dense_decoders import DecoderKind
 from mtl_lightning.tasks.dense_drawing import colorize
 from mtl_lightning.tasks.dense_metrics import DepthAbsError, DepthDelta, DepthRelError, DepthRMSE
@@ -66,16 +68,12 @@ class DepthTask(DenseRegressionTask):
 
     @classmethod
     def target_type(cls) -> type:
-        from mtl_lightning.data.dense_maps import DepthMap  # data imports tasks, not back
-
         return DepthMap
 
     @classmethod
     def decode_map(cls, array: np.ndarray, path: Path, scale: float) -> np.ndarray:
         """One channel (a 16-bit grey PNG, an ``H x W`` or ``H x W x 1`` array) times
         ``scale``."""
-        from mtl_lightning.data.errors import DataError
-
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim != 2:

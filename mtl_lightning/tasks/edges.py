@@ -30,10 +30,9 @@ from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
+from mtl_lightning.shared.constants import IGNORE_INDEX
 from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.drawing import dense_to_size
-
-IGNORE_INDEX = 255
 
 
 def mask_edges(masks: torch.Tensor, width: int = 1) -> torch.Tensor:

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from mtl_lightning.models.neck import Features
+from mtl_lightning.shared.dense_maps import NormalMap
+from mtl_lightning.shared.errors import DataError
 from mtl_lightning.tasks.dense_decoders import DecoderKind
 from mtl_lightning.tasks.dense_drawing import normals_to_rgb
 from mtl_lightning.tasks.dense_metrics import AngleMean, AngleMedian, AngleWithin, normal_angles
@@ -58,16 +60,12 @@ class NormalsTask(DenseRegressionTask):
 
     @classmethod
     def target_type(cls) -> type:
-        from mtl_lightning.data.dense_maps import NormalMap  # data imports tasks, not back
-
         return NormalMap
 
     @classmethod
     def decode_map(cls, array: np.ndarray, path: Path, scale: float) -> np.ndarray:
         """Three channels: an 8-bit RGB PNG in the ``(n + 1) / 2 * 255`` encoding (black:
         no ground truth) or an ``H x W x 3`` float array of components."""
-        from mtl_lightning.data.errors import DataError
-
         if array.ndim != 3 or array.shape[-1] != 3:
             raise DataError(f"The normal map '{path}' has shape {array.shape}; a normal map "
                             "has 3 channels (an RGB PNG or an H x W x 3 array).")

@@ -22,6 +22,7 @@ from torchvision import tv_tensors
 from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
+from mtl_lightning.shared.constants import IGNORE_INDEX
 from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.confusion_metrics import (
     SegmentationIoU,
@@ -32,7 +33,6 @@ from mtl_lightning.tasks.dense_decoders import ASPPDecoder, DecoderKind, decoder
 from mtl_lightning.tasks.drawing import dense_to_size
 from mtl_lightning.tasks.wandb_media import WANDB_IGNORE, class_labels, wandb_mask
 
-IGNORE_INDEX = 255
 #: Colour of ignored pixels (255, void, crowd) in pictures of ground truth.
 IGNORE_COLOR = (128, 128, 128)
 

@@ -16,7 +16,7 @@ from PIL import Image
 from mtl_lightning.callbacks.prediction_writer import PredictionWriter
 from mtl_lightning.cli import USER_ERRORS, MultiTaskCLI
 from mtl_lightning.data import CocoDataModule
-from mtl_lightning.data.datamodules import MultiTaskDataModule
+from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
 
 INFO = {"classification": {"num_classes": 2, "class_names": ["day", "night"]},

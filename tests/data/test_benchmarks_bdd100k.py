@@ -14,7 +14,7 @@ from PIL import Image
 
 from mtl_lightning.data.benchmarks import BDD100KDataModule
 from mtl_lightning.data.benchmarks.synthetic import write_bdd100k
-from mtl_lightning.data.errors import DataError
+from mtl_lightning.shared.errors import DataError
 
 H, W = 72, 128
 

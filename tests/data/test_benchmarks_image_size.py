@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from mtl_lightning.data.dense_maps import DepthMap, NormalMap
 from mtl_lightning.data.transforms import content_size, eval_transforms, size_hw
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
 
 
 def sample(height: int, width: int) -> dict:

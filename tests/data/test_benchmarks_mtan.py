@@ -13,9 +13,9 @@ import torch
 
 from mtl_lightning.cli import main
 from mtl_lightning.data.benchmarks import CityscapesDataModule, MtanLayoutDataset, NYUv2DataModule
-from mtl_lightning.data.dense_maps import DepthMap, NormalMap
+from mtl_lightning.data.coco.validation import DataError
 from mtl_lightning.data.transforms import train_transforms
-from mtl_lightning.data.validation import DataError
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
 from tests.conftest import REPO
 
 H, W = 24, 32

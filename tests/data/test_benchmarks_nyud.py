@@ -19,9 +19,9 @@ from mtl_lightning.check_data import main as check_data
 from mtl_lightning.cli import main
 from mtl_lightning.data.benchmarks import NYUDDataModule
 from mtl_lightning.data.benchmarks.synthetic import write_nyud
-from mtl_lightning.data.dense_maps import DepthMap, NormalMap
-from mtl_lightning.data.errors import DataError
 from mtl_lightning.module import MultiTaskModule
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
+from mtl_lightning.shared.errors import DataError
 from mtl_lightning.tasks import build_task
 from tests.conftest import REPO
 

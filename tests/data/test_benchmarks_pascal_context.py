@@ -14,7 +14,7 @@ from PIL import Image
 from mtl_lightning.data.benchmarks import PascalContextDataModule
 from mtl_lightning.data.benchmarks.pascal_context import label_boundaries, load_mat
 from mtl_lightning.data.benchmarks.synthetic import write_pascal_context
-from mtl_lightning.data.errors import DataError
+from mtl_lightning.shared.errors import DataError
 
 H, W = 30, 40
 

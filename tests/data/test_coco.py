@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from mtl_lightning.data.coco import IGNORE_INDEX, CocoMultiTaskDataset, segmentation_category_ids
+from mtl_lightning.data.coco.dataset import CocoMultiTaskDataset, segmentation_category_ids
 from mtl_lightning.data.collate import collate_multitask
+from mtl_lightning.data.constants import IGNORE_INDEX
 from mtl_lightning.data.transforms import eval_transforms, train_transforms
 
 from ..conftest import FRUITS_NUTS

@@ -13,7 +13,7 @@ from lightning.pytorch import Trainer
 from pycocotools.coco import COCO
 
 from mtl_lightning.data import CocoDataModule
-from mtl_lightning.data.validation import DataError
+from mtl_lightning.data.coco.validation import DataError
 from mtl_lightning.module import MultiTaskModule
 from tests.realdata.fabricate import board_multilabel, single_category
 

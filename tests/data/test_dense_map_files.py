@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mtl_lightning.data.coco import CocoMultiTaskDataset
-from mtl_lightning.data.dense_maps import DepthMap, NormalMap
-from mtl_lightning.data.errors import DataError
-from mtl_lightning.data.scenes import ScenesConfig, generate_split
+from mtl_lightning.data.coco.dataset import CocoMultiTaskDataset
+from mtl_lightning.data.scenes.generator import ScenesConfig, generate_split
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
+from mtl_lightning.shared.errors import DataError
 from mtl_lightning.tasks.depth import DepthTask
 from mtl_lightning.tasks.normals import NormalsTask
 

@@ -1,4 +1,4 @@
-"""COCO masks are checked before pycocotools rasterises them (``data/masks.py``)."""
+"""COCO masks are checked before pycocotools rasterises them (``data/coco/masks.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from mtl_lightning.data import masks
+from mtl_lightning.data.coco import masks
 
 HEIGHT, WIDTH = 30, 40
 
@@ -40,6 +40,14 @@ def _runs(binary: np.ndarray) -> list[int]:
     edges = np.concatenate([[0], changes, [flat.size]])
     runs = np.diff(edges).tolist()
     return runs if flat[0] == 0 else [0, *runs]
+
+
+def test_encode_writes_coco_json_rle_that_decodes_back(square: np.ndarray) -> None:
+    rle = masks.encode(square)
+    assert rle == {"size": [HEIGHT, WIDTH], "counts": _compressed(square)}
+    assert masks.rle_problem(rle, HEIGHT, WIDTH) is None
+    assert (masks.decode(rle, HEIGHT, WIDTH) == square).all()
+    assert masks.mask_box(rle, HEIGHT, WIDTH) == [10.0, 5.0, 20.0, 10.0]  # x, y, w, h
 
 
 @pytest.mark.parametrize(("counts", "kind", "reason"), [

@@ -14,8 +14,12 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from PIL import Image
 
-from mtl_lightning.data.multisource import MultiSourceDataModule, SourceBlockSampler, merge_batches
-from mtl_lightning.data.sources import DataSourceError
+from mtl_lightning.data.sources.folders import DataSourceError
+from mtl_lightning.data.sources.multisource import (
+    MultiSourceDataModule,
+    SourceBlockSampler,
+    merge_batches,
+)
 from mtl_lightning.module import MultiTaskModule
 from tests.data.test_sources import (
     voc_xml,

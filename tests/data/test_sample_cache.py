@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from mtl_lightning.data import ScenesDataModule
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.multisource import MultiSourceDataModule
+from mtl_lightning.data.sources.multisource import MultiSourceDataModule
 from tests.conftest import TINY_SCENES
 from tests.data.test_multisource import _three_sources
 

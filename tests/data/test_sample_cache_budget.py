@@ -11,12 +11,12 @@ import torch
 
 from mtl_lightning.data import ScenesDataModule
 from mtl_lightning.data import sample_cache_budget as budget_module
-from mtl_lightning.data.multisource import MultiSourceDataModule
 from mtl_lightning.data.sample_cache_budget import (
     CacheBudgetError,
     check_cache_budget,
     estimate_bytes,
 )
+from mtl_lightning.data.sources.multisource import MultiSourceDataModule
 from tests.conftest import TINY_SCENES
 from tests.data.test_multisource import _three_sources
 

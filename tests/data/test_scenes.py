@@ -1,4 +1,4 @@
-"""Tests of the procedural Scenes benchmark (mtl_lightning.data.scenes)."""
+"""Tests of the procedural Scenes benchmark (mtl_lightning.data.scenes.generator)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from mtl_lightning.data.scenes import (
+from mtl_lightning.data.scenes.generator import (
     SHAPE_NAMES,
     SPLITS,
     TASK_NAMES,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_lightning.data import scenes, scenes_dense
-from mtl_lightning.data.scenes import ScenesConfig, generate_scene, generate_split
-from mtl_lightning.data.scenes_dense import (
+from mtl_lightning.data.scenes import dense as scenes_dense
+from mtl_lightning.data.scenes import generator as scenes
+from mtl_lightning.data.scenes.dense import (
     AMBIENT,
     BACKGROUND_NEAR,
     BACKGROUND_SIDE,
@@ -30,6 +30,7 @@ from mtl_lightning.data.scenes_dense import (
     object_distances,
     png_to_normals,
 )
+from mtl_lightning.data.scenes.generator import ScenesConfig, generate_scene, generate_split
 
 SMALL = {"image_size": 64, "num_train": 6, "num_val": 2, "num_test": 2, "num_classes": 8}
 
@@ -101,7 +102,7 @@ def test_the_backgrounds_depth_ramp_follows_its_tilt() -> None:
 
 
 def test_default_dataset_keeps_its_fingerprint_and_dense_gets_its_own() -> None:
-    from mtl_lightning.data.scenes import fingerprint
+    from mtl_lightning.data.scenes.generator import fingerprint
 
     # the default config's name from before dense labels existed: its data is reused
     assert fingerprint(ScenesConfig()) == "cf387da90806"
@@ -110,7 +111,7 @@ def test_default_dataset_keeps_its_fingerprint_and_dense_gets_its_own() -> None:
 
 def test_a_new_dense_rendering_renames_dense_sets_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """A dense set generated before the shading must not be reused as if it were shaded."""
-    from mtl_lightning.data.scenes import fingerprint
+    from mtl_lightning.data.scenes.generator import fingerprint
 
     plain, dense = fingerprint(ScenesConfig()), fingerprint(ScenesConfig(dense=True))
     monkeypatch.setattr(scenes_dense, "DENSE_VERSION", scenes_dense.DENSE_VERSION + 1)
@@ -187,7 +188,7 @@ def test_a_dense_split_writes_maps_beside_the_images_and_names_them_in_the_file(
 def test_dense_label_fractions_leave_the_other_tasks_decisions_alone(tmp_path: Path) -> None:
     """A fraction of depth labels marks images unlabelled for depth; the three original
     tasks' labelled flags are those of the config without dense labels."""
-    from mtl_lightning.data.scenes import _noisy_labels
+    from mtl_lightning.data.scenes.generator import _noisy_labels
 
     plain = ScenesConfig(**{**SMALL, "num_train": 40}, label_fraction={"segmentation": 0.5})
     dense = ScenesConfig(**{**SMALL, "num_train": 40}, dense=True,

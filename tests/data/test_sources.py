@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.sources import (
+from mtl_lightning.data.sources.folders import (
     ClassificationFolder,
     DataSourceError,
     SegmentationFolder,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mtl_lightning.data.validation import (
+from mtl_lightning.data.coco.validation import (
     DataError,
     DataWarning,
     load_and_validate,

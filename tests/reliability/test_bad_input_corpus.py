@@ -29,11 +29,11 @@ from pycocotools import mask as mask_utils
 
 from mtl_lightning.check_data import main as check_data
 from mtl_lightning.data import CocoDataModule, CocoMultiTaskDataset
-from mtl_lightning.data.validation import DataError
+from mtl_lightning.data.coco.validation import DataError
 from mtl_lightning.tasks import build_task
 
 # The repairs and drops are the point here; their one-line summary warning is expected.
-pytestmark = pytest.mark.filterwarnings("ignore::mtl_lightning.data.validation.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::mtl_lightning.data.coco.validation.DataWarning")
 
 WIDTH, HEIGHT = 40, 30
 BOX = [5.0, 5.0, 10.0, 10.0]

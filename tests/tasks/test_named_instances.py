@@ -8,7 +8,7 @@ import torch
 from torchvision import tv_tensors
 
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.sources import DataSourceError, placeholder_target
+from mtl_lightning.data.sources.folders import DataSourceError, placeholder_target
 from mtl_lightning.data.transforms import eval_transforms
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.tasks import (

@@ -36,7 +36,7 @@ from mtl_lightning.data.benchmarks.listed_files import (
     TargetReader,
     check_size,
 )
-from mtl_lightning.data.errors import DataError
+from mtl_lightning.shared.errors import DataError
 
 #: YOLOP's detection class: BDD's four vehicle categories as one.
 YOLOP_CLASSES = {"vehicle": ("car", "bus", "truck", "train")}

@@ -31,14 +31,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data.coco import copy_containers, tensor_bytes
-from mtl_lightning.data.datamodules import MultiTaskDataModule
-from mtl_lightning.data.errors import DataError
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.data.containers import copy_containers, tensor_bytes
 from mtl_lightning.data.images import ImageDecodeError, load_rgb
+from mtl_lightning.shared.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 #: missing files named in the sentence that refuses a split (the count says how many more)
 NAMED_MISSING = 3
 

@@ -28,11 +28,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data.datamodules import MultiTaskDataModule
-from mtl_lightning.data.dense_maps import DepthMap, NormalMap
-from mtl_lightning.data.validation import DataError
-
-IGNORE_INDEX = 255
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.coco.validation import DataError
+from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
 
 #: The 13 classes of NYUv2 (Couprie et al. 2013), in the order of MTAN's label ids 0..12.
 NYUV2_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects",

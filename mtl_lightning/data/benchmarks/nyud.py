@@ -36,10 +36,9 @@ from mtl_lightning.data.benchmarks.listed_files import (
     read_png,
     read_split_ids,
 )
-from mtl_lightning.data.dense_maps import DepthMap, NormalMap
-from mtl_lightning.data.errors import DataError
-
-IGNORE_INDEX = 255
+from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.shared.dense_maps import DepthMap, NormalMap
+from mtl_lightning.shared.errors import DataError
 
 #: Gupta et al.'s 40 NYUD-v2 classes, in the order of the label ids 1..40.
 NYUD_CLASSES = (

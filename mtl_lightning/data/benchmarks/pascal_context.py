@@ -47,10 +47,9 @@ from mtl_lightning.data.benchmarks.listed_files import (
     read_split_ids,
 )
 from mtl_lightning.data.benchmarks.nyud import read_png_normals
-from mtl_lightning.data.dense_maps import NormalMap
-from mtl_lightning.data.errors import DataError
-
-IGNORE_INDEX = 255
+from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.shared.dense_maps import NormalMap
+from mtl_lightning.shared.errors import DataError
 
 #: PASCAL VOC's 20 categories and background, the ``semseg`` classes.
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",

@@ -124,6 +124,13 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict:
     return segmentation
 
 
+def encode(mask: np.ndarray) -> dict:
+    """A ``[H, W]`` mask (bool or 0/1) as COCO JSON's compressed RLE: ``size`` and the
+    ``counts`` string (pycocotools ``encode``)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def decode(segmentation: Any, height: int, width: int) -> np.ndarray:
     """A checked segmentation as a bool [height, width] array."""
     return mask_utils.decode(to_rle(segmentation, height, width)).astype(bool)
@@ -135,5 +142,5 @@ def mask_box(segmentation: Any, height: int, width: int) -> list[float] | None:
     return box if box[2] > 0 and box[3] > 0 else None
 
 
-__all__ = ["POLYGON_MARGIN", "RleProblem", "decode", "mask_box", "polygon_points_ok",
+__all__ = ["POLYGON_MARGIN", "RleProblem", "decode", "encode", "mask_box", "polygon_points_ok",
            "polygon_reach", "rle_problem", "to_rle"]

@@ -27,6 +27,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +37,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.ops import box_convert
 
-from mtl_lightning.data import masks
+from mtl_lightning.data.coco import masks
+from mtl_lightning.data.coco.dense_map_files import dense_map_specs, placeholder, read_dense_map
+from mtl_lightning.data.coco.image_labels import (
+    ImageLabels,
+    image_class_names,
+    resolve_image_labels,
+)
+from mtl_lightning.data.coco.validation import DataError, load_and_validate
 from mtl_lightning.data.constants import COCO_TASK_NAMES, IGNORE_INDEX
-from mtl_lightning.data.dense_map_files import dense_map_specs, placeholder, read_dense_map
-from mtl_lightning.data.image_labels import ImageLabels, image_class_names, resolve_image_labels
+from mtl_lightning.data.containers import copy_containers, tensor_bytes
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS, ensure_inside, load_rgb
-from mtl_lightning.data.validation import DataError, load_and_validate
 
 #: The task instances a COCO file labels by itself, named after their registered types
 #: (image labels: classification, masks: segmentation, boxes: detection); any other task of
@@ -74,9 +81,7 @@ def coco_task_info(image_class_names: list[str], category_names: list[str],
                       "category_ids": list(category_ids)},
     }
 
-# Re-exported: the data modules import them from here.
-__all__ = ["IGNORE_INDEX", "TASK_NAMES", "CocoMultiTaskDataset", "ImageLabels", "ImageRecord",
-           "coco_task_info", "image_class_names", "resolve_image_labels",
+__all__ = ["TASK_NAMES", "CocoMultiTaskDataset", "ImageRecord", "coco_task_info",
            "segmentation_category_ids"]
 
 
@@ -98,11 +103,12 @@ class ImageRecord:
     path: Path
     height: int
     width: int
-    boxes: np.ndarray  # [N, 4] xyxy, float32, non-crowd objects only
+    # Boxes stay COCO's [x, y, width, height] here; a sample converts them to xyxy.
+    boxes: np.ndarray  # [N, 4] xywh, float32, non-crowd objects only
     labels: np.ndarray  # [N] contiguous 0-based category indices
-    crowd_boxes: np.ndarray  # [K, 4] xyxy of iscrowd regions (for evaluation only)
+    crowd_boxes: np.ndarray  # [K, 4] xywh of iscrowd regions (for evaluation only)
     segmentations: list[tuple[Any, int]] = field(default_factory=list)  # (segm, value)
-    ignore_boxes: list[list[float]] = field(default_factory=list)  # objects without a mask
+    ignore_boxes: list[list[float]] = field(default_factory=list)  # xywh, objects without a mask
     image_label: int | list[int] | None = None
     labelled_tasks: frozenset[str] = frozenset(TASK_NAMES)
 
@@ -125,7 +131,7 @@ class CocoMultiTaskDataset(Dataset):
         allow_outside_images: read images whose path resolves outside ``image_root`` (by
             default such entries are dropped by validation, and refused when read).
         dense_maps: per-task folders of per-image depth or normal maps (see
-            :mod:`mtl_lightning.data.dense_map_files`); default: the COCO file's own
+            :mod:`mtl_lightning.data.coco.dense_map_files`); default: the COCO file's own
             ``dense_maps`` entry, if any (the Scenes benchmark writes one).
     """
 
@@ -207,18 +213,18 @@ class CocoMultiTaskDataset(Dataset):
         for annotation in annotations:
             label = index_of[int(annotation["category_id"])]
             is_crowd = bool(annotation.get("iscrowd", 0))
-            x, y, w, h = (float(v) for v in annotation["bbox"])
+            box = [float(v) for v in annotation["bbox"]]
             if annotation.get("segmentation"):
                 value = IGNORE_INDEX if is_crowd else label + 1
                 segmentations.append((annotation["segmentation"], value))
             elif annotation.get("mask_missing") or is_crowd:
-                ignore.append([x, y, x + w, y + h])
+                ignore.append(box)
             else:
                 unsegmented += 1
             if is_crowd:
-                crowd.append([x, y, x + w, y + h])
+                crowd.append(box)
             else:
-                boxes.append([x, y, x + w, y + h])
+                boxes.append(box)
                 labels.append(label)
         labelled = set(image.get("labelled_tasks", self.tasks))
         if unsegmented:
@@ -261,8 +267,11 @@ class CocoMultiTaskDataset(Dataset):
         mask = np.zeros((record.height, record.width), dtype=np.uint8)
         for segmentation, value in record.segmentations:
             mask[masks.decode(segmentation, record.height, record.width)] = value
-        for x0, y0, x1, y1 in record.ignore_boxes:
-            mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = IGNORE_INDEX
+        if record.ignore_boxes:
+            corners = box_convert(torch.tensor(record.ignore_boxes, dtype=torch.float64), "xywh",
+                                  "xyxy")
+            for x0, y0, x1, y1 in corners.tolist():
+                mask[int(y0):math.ceil(y1), int(x0):math.ceil(x1)] = IGNORE_INDEX
         return mask
 
     def load_image(self, record: ImageRecord) -> torch.Tensor:
@@ -318,7 +327,8 @@ class CocoMultiTaskDataset(Dataset):
             boxes = np.concatenate([record.boxes, record.crowd_boxes])
             targets["detection"] = {
                 "boxes": tv_tensors.BoundingBoxes(
-                    torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)
+                    box_convert(torch.from_numpy(boxes), "xywh", "xyxy"), format="XYXY",
+                    canvas_size=(height, width),
                 ),
                 "labels": torch.from_numpy(
                     np.concatenate([record.labels, np.zeros(len(record.crowd_boxes), np.int64)])
@@ -339,24 +349,3 @@ class CocoMultiTaskDataset(Dataset):
                      "orig_size": (int(height), int(width))},
         }
         return sample
-
-
-def copy_containers(value: Any) -> Any:
-    """A copy of the dicts, lists and tuples of ``value``; tensors and other leaves are
-    shared (the transforms never change a tensor in place)."""
-    if isinstance(value, dict):
-        return {key: copy_containers(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(copy_containers(item) for item in value)
-    return value
-
-
-def tensor_bytes(value: Any) -> int:
-    """Bytes of the tensors in a nested structure of dicts, lists and tuples."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(tensor_bytes(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(item) for item in value)
-    return 0

@@ -2,7 +2,7 @@
 
 Real multi-task projects combine datasets that each label only some tasks (a CamVid-style
 segmentation folder, an ImageFolder of classes, Pascal VOC boxes). Every reader here yields
-exactly the sample of :class:`~mtl_lightning.data.coco.CocoMultiTaskDataset`::
+exactly the sample of :class:`~mtl_lightning.data.coco.dataset.CocoMultiTaskDataset`::
 
     {"image": tv_tensors.Image uint8 [3, H, W],
      "targets": {"classification": int64 scalar (-1: none),
@@ -32,11 +32,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from mtl_lightning.data.coco import IGNORE_INDEX, TASK_NAMES
-from mtl_lightning.data.images import load_rgb
+from mtl_lightning.data.constants import COCO_TASK_NAMES as TASK_NAMES
+from mtl_lightning.data.constants import IGNORE_INDEX
+from mtl_lightning.data.images import IMAGE_SUFFIXES, load_rgb
 from mtl_lightning.tasks import UnknownTaskError, task_class
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
 

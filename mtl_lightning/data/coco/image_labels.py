@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from mtl_lightning.data.errors import DataError
+from mtl_lightning.shared.errors import DataError
 
 ImageLabels = Literal["auto", "field", "derived", "off"]
 IMAGE_LABEL_MODES = ("auto", "field", "derived", "off")

@@ -3,7 +3,7 @@
 Sources are plain dicts, so they read naturally in YAML and need no registration::
 
     data:
-      class_path: mtl_lightning.data.multisource.MultiSourceDataModule
+      class_path: mtl_lightning.data.sources.multisource.MultiSourceDataModule
       init_args:
         image_size: 256
         sampling_mode: max_size_cycle
@@ -59,17 +59,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from mtl_lightning.data.coco import (
-    TASK_NAMES,
-    CocoMultiTaskDataset,
-    coco_task_info,
-    copy_containers,
-    tensor_bytes,
-)
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.coco.dataset import TASK_NAMES, CocoMultiTaskDataset, coco_task_info
 from mtl_lightning.data.collate import collate_multitask
-from mtl_lightning.data.datamodules import MultiTaskDataModule
+from mtl_lightning.data.constants import SPLITS
+from mtl_lightning.data.containers import copy_containers, tensor_bytes
 from mtl_lightning.data.sample_cache_budget import check_cache_budget
-from mtl_lightning.data.sources import (
+from mtl_lightning.data.sources.folders import (
     ClassificationFolder,
     DataSourceError,
     SegmentationFolder,
@@ -80,7 +76,6 @@ from mtl_lightning.data.workers import freeze_in_worker
 from mtl_lightning.tasks import task_class
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 SamplingMode = Literal["max_size_cycle", "min_size", "max_size", "sequential"]
 EvalLoaders = Literal["concat", "per_source"]
 Batch = dict[str, Any]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mtl_lightning.data.errors import DataError
+from mtl_lightning.shared.errors import DataError
 from mtl_lightning.tasks import TASKS, Task, task_class
 
 SUFFIXES = (".png", ".npy")

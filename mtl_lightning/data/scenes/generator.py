@@ -36,7 +36,7 @@ Each split derives its own seed sequence from ``(seed, split_index)``; each imag
 its own child sequence, so an image does not depend on the order, the parallelism or the number
 of images generated. Pixels never depend on ``label_noise`` or ``label_fraction`` (those draw
 from a separate stream). ``dense: true`` keeps every layout, colour and label of the plain set
-and shades the colours by the rendered geometry (see :mod:`mtl_lightning.data.scenes_dense`).
+and shades the colours by the rendered geometry (see :mod:`mtl_lightning.data.scenes.dense`).
 :func:`ensure_scenes` stores a dataset under a folder named after :func:`fingerprint` of its
 config and reuses it when it is complete.
 """
@@ -56,11 +56,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 
-from mtl_lightning.data import scenes_dense
-from mtl_lightning.data.scenes_dense import DenseScene
+from mtl_lightning.data.coco import masks
+from mtl_lightning.data.constants import SPLITS
+from mtl_lightning.data.scenes import dense as scenes_dense
+from mtl_lightning.data.scenes.dense import DenseScene
 
 __all__ = [
     "DENSE_TASK_NAMES",
@@ -94,7 +95,6 @@ TEXTURE_NAMES: tuple[str, ...] = ("stripes", "checker", "noise", "waves")
 TASK_NAMES: tuple[str, ...] = ("classification", "detection", "segmentation")
 #: the tasks a ``dense: true`` Scenes set labels besides ``TASK_NAMES``
 DENSE_TASK_NAMES: tuple[str, ...] = ("depth", "normals")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 CLASSIFICATION_TARGETS: tuple[str, ...] = ("related", "unrelated")
 
 COMPLETE_MARKER = "COMPLETE"
@@ -177,7 +177,7 @@ class ScenesConfig:
     label_fraction: tuple[tuple[str, float], ...] = ()
     seed: int = 0
     #: also render depth and surface normals and shade the image by them (see
-    #: :mod:`mtl_lightning.data.scenes_dense`); layouts, colours and the other labels are the
+    #: :mod:`mtl_lightning.data.scenes.dense`); layouts, colours and the other labels are the
     #: same either way
     dense: bool = False
 
@@ -645,19 +645,16 @@ def _noisy_labels(
 
 
 def _mask_annotation(mask: np.ndarray, category: int) -> dict[str, Any]:
-    """COCO annotation (without ids) of one visible mask: tight box, area and RLE."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    x0, y0 = int(cols[0]), int(rows[0])
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    """COCO annotation (without ids) of one visible mask: tight box (whole pixels), area and
+    RLE."""
+    rle = masks.encode(mask)
+    box = masks.mask_box(rle, *mask.shape)
     return {
         "category_id": category + 1,
-        "bbox": [x0, y0, int(cols[-1]) - x0 + 1, int(rows[-1]) - y0 + 1],
+        "bbox": [int(v) for v in box],
         "area": int(mask.sum()),
         "iscrowd": 0,
-        "segmentation": {
-            "size": [int(s) for s in rle["size"]],
-            "counts": rle["counts"].decode("ascii"),
-        },
+        "segmentation": rle,
     }
 
 
