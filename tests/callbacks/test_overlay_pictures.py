@@ -5,18 +5,22 @@ images that are not square. Nothing crashes, names are unique, the aspect ratio 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import wandb
+from lightning.pytorch import Trainer
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision import tv_tensors
+from torchvision.io import read_image
 
 from mtl_lightning.callbacks.prediction_overlays import (
     PredictionOverlays,
     _wandb_table,
+    overlay_view,
     per_image_scores,
+    side_by_side,
 )
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.transforms import eval_transforms
@@ -90,16 +94,22 @@ def _model(classification: str) -> MultiTaskModule:
                            neck_channels=8).eval()
 
 
+def _validate(model: MultiTaskModule, samples: list[dict], callback: PredictionOverlays,
+              root: Path, batch_size: int = 2) -> Trainer:
+    trainer = Trainer(accelerator="cpu", logger=False, callbacks=[callback],
+                      enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, default_root_dir=root)
+    loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate_multitask)
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    return trainer
+
+
 @pytest.mark.parametrize("classification", ["single", "multi", "none"])
 def test_overlays_of_every_label_mode_are_written_with_unique_names_and_true_aspect(
     classification: str, tmp_path: Path
 ) -> None:
-    samples = _samples(classification)
-    trainer = SimpleNamespace(
-        sanity_checking=False, current_epoch=0, loggers=[], default_root_dir=str(tmp_path),
-        datamodule=SimpleNamespace(datasets={"val": samples}),
-    )
-    PredictionOverlays(num_images=4).on_validation_epoch_end(trainer, _model(classification))
+    _validate(_model(classification), _samples(classification), PredictionOverlays(num_images=4),
+              tmp_path)
     folder = tmp_path / "overlays" / "epoch000"
     written = sorted(p.name for p in folder.glob("*.png"))
     assert written == ["3.png", "boards_1.png", "boards_2.png", "boards_val_1.png"]
@@ -111,6 +121,59 @@ def test_overlays_of_every_label_mode_are_written_with_unique_names_and_true_asp
         assert picture_height >= 256  # small images are enlarged to stay legible
 
 
+def test_overlays_are_drawn_from_the_validation_forward_passes(tmp_path: Path) -> None:
+    """No second forward pass: the model runs once per validation batch, and the pictures
+    are the ones a forward pass of the shown images alone draws (the callback's former
+    way), evenly spaced through the validation samples."""
+    samples = [_sample(48 + 4 * k, 64, k, "boards", "single") for k in range(7)]
+    model = _model("single")
+    calls = []
+    forward = model.forward
+
+    def counting(image: torch.Tensor) -> dict:
+        calls.append(len(image))
+        return forward(image)
+
+    model.forward = counting
+    callback = PredictionOverlays(num_images=3)
+    _validate(model, samples, callback, tmp_path, batch_size=3)
+    assert calls == [3, 3, 1]  # the three validation batches, nothing more
+    chosen = [0, 3, 6]  # evenly spaced through the 7 samples
+    folder = tmp_path / "overlays" / "epoch000"
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"boards_{k}.png" for k in chosen]
+    batch = collate_multitask([samples[k] for k in chosen])
+    with torch.no_grad():
+        predictions = model.predict_tasks(batch["image"])
+    for i, k in enumerate(chosen):
+        view = overlay_view(model, batch, i, predictions[i])
+        expected = side_by_side(model, view, callback.draw_score_threshold)
+        assert torch.equal(read_image(str(folder / f"boards_{k}.png")), expected)
+
+
+def test_the_shown_images_keep_only_their_own_outputs(tmp_path: Path) -> None:
+    """Memory stays flat: the callback keeps the shown images' slices of a batch, and
+    nothing once the epoch is drawn."""
+    samples = [_sample(48, 64, k, None, "single") for k in range(6)]
+    callback = PredictionOverlays(num_images=2)
+    kept_sizes = []
+    original = PredictionOverlays.on_validation_epoch_end
+
+    def recording(self, trainer, pl_module) -> None:
+        kept_sizes.extend(len(part["image"]) for part, _ in self._kept)
+        kept_sizes.extend(len(outputs["segmentation"]) for _, outputs in self._kept)
+        original(self, trainer, pl_module)
+
+    PredictionOverlays.on_validation_epoch_end = recording
+    try:
+        _validate(_model("single"), samples, callback, tmp_path, batch_size=6)
+    finally:
+        PredictionOverlays.on_validation_epoch_end = original
+    assert kept_sizes == [2, 2]  # images 0 and 5 of one batch of 6
+    assert callback._kept == []
+    assert sorted(p.name for p in (tmp_path / "overlays" / "epoch000").glob("*.png")) == [
+        "0.png", "5.png"]
+
+
 @pytest.mark.parametrize("classification", ["single", "multi", "none"])
 def test_wandb_table_handles_ignore_pixels_crowds_and_multilabel_truth(
     classification: str,
@@ -119,7 +182,7 @@ def test_wandb_table_handles_ignore_pixels_crowds_and_multilabel_truth(
     batch = collate_multitask(_samples(classification))
     with torch.no_grad():
         predictions = model.predict_tasks(batch["image"])
-        scores = per_image_scores(model, batch["image"], batch)
+        scores = per_image_scores(model, model(batch["image"]), batch)
     table = _wandb_table(model, batch, predictions, scores)
     rows = [dict(zip(table.columns, row)) for row in table.data]
     assert [row["image_id"] for row in rows] == ["boards_1", "boards_val_1", "boards_2", "3"]
@@ -135,8 +198,6 @@ def test_wandb_table_handles_ignore_pixels_crowds_and_multilabel_truth(
 
 
 def test_views_map_predictions_onto_the_picture_and_drop_unsure_boxes() -> None:
-    from mtl_lightning.callbacks.prediction_overlays import overlay_view, side_by_side
-
     model = _model("multi")
     batch = collate_multitask(_samples("multi")[:1])  # 48 x 96, letterboxed into 32 x 64
     prediction = {
