@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning_utilities.core.apply_func import apply_to_collection
 from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
@@ -143,6 +144,10 @@ def join(parts: Sequence[Any]) -> Any:
     return first
 
 
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
 def evenly_spaced(total: int, count: int) -> list[int]:
     """``count`` positions in ``range(total)``, evenly spaced, first and last included."""
     count = min(count, total)
@@ -231,7 +236,10 @@ class PredictionOverlays(Callback):
         raw = outputs.get("outputs") if isinstance(outputs, dict) else None
         if raw is None:  # a validation_step that returns no outputs: run these images only
             raw = pl_module(part["image"])
-        self._kept.append((part, take(raw, index)))
+        # float32: under bf16 autocast the outputs are bfloat16, whose CPU kernels are slow
+        # for the drawing's post-processing; a few images' worth is cheap to convert
+        self._kept.append((part, apply_to_collection(take(raw, index), torch.Tensor,
+                                                     _as_float32)))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         kept, self._kept, self._wanted = self._kept, [], None
@@ -274,7 +282,8 @@ class PredictionOverlays(Callback):
         logged: dict[str, Any] = {"val/overlays": overlays}
         if scores is not None:
             logged["val/overlay_table"] = _wandb_table(
-                pl_module, batch, predictions, scores, views, self.draw_score_threshold
+                pl_module, batch, predictions, scores, views, self.draw_score_threshold,
+                images=overlays,  # the same wandb.Image objects: their media built once
             )
         logger.log_metrics(logged, step=step)
 
@@ -308,9 +317,9 @@ def per_image_scores(
     pl_module: LightningModule, outputs: dict[str, Any], batch: dict
 ) -> list[dict[str, dict[str, float]]]:
     """Each image's own scores: ``[{task: {metric: value}}]``, every task's metrics computed
-    on that image alone (a fresh collection from ``task.build_metrics``, updated with a
-    ``has`` mask selecting the image) from ``outputs``, the model's raw outputs of the
-    batch's images. Tasks the image is not labelled for are left out."""
+    on that image alone (a fresh collection from ``task.build_metrics``, updated with that
+    image's slice of ``outputs``, the model's raw outputs of the batch's images, and of the
+    targets). Tasks the image is not labelled for are left out."""
     images = batch["image"]
     targets = batch["targets"]
     scores: list[dict[str, dict[str, float]]] = [{} for _ in range(len(images))]
@@ -318,18 +327,20 @@ def per_image_scores(
         has = batch["has"].get(name)
         if has is None or name not in targets:
             continue
+        only = torch.ones(1, dtype=torch.bool, device=images.device)
         for i in range(len(images)):
             if not bool(has[i]):
                 continue
-            only = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-            only[i] = True
             metrics = task.build_metrics("val").to(images.device)
             for metric in metrics.values():
                 # Only rank 0 draws: a sync across processes in compute() would never return.
                 metric.distributed_available_fn = _never
             with warnings.catch_warnings():  # one image: torchmetrics warns of absent classes
                 warnings.simplefilter("ignore")
-                task.update_metrics(metrics, outputs[name], targets[name], only)
+                # The image's own slice: a metric over the whole batch with the others
+                # masked out would count every image's pixels once per image.
+                task.update_metrics(metrics, take(outputs[name], [i]), take(targets[name], [i]),
+                                    only)
                 values = task.compute_metrics(metrics)
             scores[i][name] = {metric: float(value) for metric, value in values.items()}
     return scores
@@ -359,9 +370,11 @@ def _wandb_image(pl_module: LightningModule, batch: dict, i: int, view: tuple,
 def _wandb_table(
     pl_module: LightningModule, batch: dict, predictions: list[dict], scores: list[dict],
     views: list[tuple] | None = None, draw_score_threshold: float = 0.0,
+    images: list[Any] | None = None,
 ) -> Any:
     """``wandb.Table``: one row per image, columns ``image_id``, ``overlay`` and per task
-    ``<task> truth``, ``<task> prediction`` and ``<task> <metric>`` (empty when unlabelled)."""
+    ``<task> truth``, ``<task> prediction`` and ``<task> <metric>`` (empty when unlabelled).
+    ``images``: the overlays' ``wandb.Image`` objects when already made."""
     import wandb
 
     views = views or [overlay_view(pl_module, batch, i, p) for i, p in enumerate(predictions)]
@@ -370,7 +383,8 @@ def _wandb_table(
         meta = batch["meta"][i] if "meta" in batch else {}
         row: dict[str, Any] = {
             "image_id": overlay_name(meta, i),
-            "overlay": _wandb_image(pl_module, batch, i, views[i], draw_score_threshold),
+            "overlay": (images[i] if images is not None
+                        else _wandb_image(pl_module, batch, i, views[i], draw_score_threshold)),
         }
         for name in draw_order(prediction, pl_module.tasks):
             task = pl_module.tasks[name]
