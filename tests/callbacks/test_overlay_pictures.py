@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
@@ -221,3 +222,66 @@ def test_views_map_predictions_onto_the_picture_and_drop_unsure_boxes() -> None:
                                              scores=torch.tensor([0.9])))
     assert torch.equal(sure_only, side_by_side(model, (image, without, truth)))
     assert not torch.equal(with_unsure, sure_only)
+
+
+class RecordingWandbLogger(WandbLogger):
+    """A W&B logger that starts no run: it records what is logged and when."""
+
+    def __init__(self, batches_seen: list) -> None:
+        self.logged: list[tuple[int, dict]] = []
+        self.batches_seen = batches_seen
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.logged.append((len(self.batches_seen), dict(metrics)))
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def finalize(self, status: str) -> None:
+        pass
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @property
+    def save_dir(self) -> str | None:
+        return None
+
+    @property
+    def experiment(self) -> None:
+        return None
+
+
+def test_wandb_images_are_built_once_at_the_end_of_the_epoch(tmp_path: Path) -> None:
+    """W&B media stay off the batch loop: one ``log_metrics`` call after the last batch,
+    and the table's rows hold the very images logged under ``val/overlays``."""
+    batches: list = []
+
+    class CountBatches(Callback):
+        def on_validation_batch_end(self, *args, **kwargs) -> None:
+            batches.append(1)
+
+    logger = RecordingWandbLogger(batches)
+    trainer = Trainer(accelerator="cpu", logger=logger,
+                      callbacks=[CountBatches(), PredictionOverlays(num_images=4)],
+                      enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, default_root_dir=tmp_path)
+    loader = DataLoader(_samples("single"), batch_size=2, collate_fn=collate_multitask)
+    trainer.validate(_model("single"), dataloaders=loader, verbose=False)
+    media = [(seen, m) for seen, m in logger.logged if "val/overlays" in m]
+    assert len(media) == 1
+    seen, logged = media[0]
+    assert seen == len(batches) == 2  # after the last batch
+    images = logged["val/overlays"]
+    assert len(images) == 4 and all(isinstance(image, wandb.Image) for image in images)
+    table = logged["val/overlay_table"]
+    column = table.columns.index("overlay")
+    assert all(row[column] is image for row, image in zip(table.data, images))
