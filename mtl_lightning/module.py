@@ -151,6 +151,11 @@ class MultiTaskModule(LightningModule):
             values: model selection never looks at test). With them, ``val/mtl/delta_m`` and
             ``test/mtl/delta_m`` are logged (percent; see :mod:`mtl_lightning.metrics`), and
             ``--checkpoint.monitor val/mtl/delta_m`` selects on it.
+        validation_losses: also compute each task's loss on validation and test batches
+            (``val/<task>/loss``, ``val/mtl/loss``). The default checkpoint and early stopping
+            select on ``val/mtl/score``, a metric, so ``false`` changes no selection and
+            saves the losses' share of a validation epoch (detection's loss is its costliest
+            part, docs/performance.md); keep it ``true`` to monitor or plot a validation loss.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class MultiTaskModule(LightningModule):
         nonfinite_policy: Literal["skip", "stop"] = "skip",
         max_consecutive_skips: int = 20,
         baselines: dict[str, dict[str, float]] | None = None,
+        validation_losses: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["balancer"])
@@ -314,18 +320,36 @@ class MultiTaskModule(LightningModule):
                 task.update_metrics(self.metrics[key], outputs[name], target, has)
         return losses, counts
 
-    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
-        """Validation and test: task losses and metrics (the loss logged is the plain sum)."""
-        losses, counts = self._task_losses(batch, stage)
+    def _evaluate(self, batch: Batch, stage: str) -> dict[str, Any]:
+        """Validation and test: one forward pass, every task's metric update and, with
+        ``validation_losses``, its loss (the ``mtl`` loss logged is the plain sum).
+
+        Returns ``{"outputs": raw head outputs}`` (``{task: logits or maps}``, batch first):
+        callbacks read them in ``on_validation_batch_end`` (the prediction overlays draw
+        their images from them) instead of running the model again. Lightning keeps no
+        step outputs after that hook, so nothing accumulates over the epoch.
+        """
+        outputs = self(batch["image"])
         size = len(batch["image"])
-        for name, loss in losses.items():
-            if bool(counts[name] > 0):
+        losses: list[torch.Tensor] = []
+        for name, task in self.tasks.items():
+            has, target = self.task_labels(batch, name)
+            key = f"{stage}_{name}"
+            if key in self.metrics:
+                task.update_metrics(self.metrics[key], outputs[name], target, has)
+            if not self.hparams.get("validation_losses", True):
+                continue
+            loss = task.loss(outputs[name], target, has)
+            for weight, initial in self.architecture.deep_supervision.get(name, ()):
+                loss = loss + weight * task.loss(initial, target, has)
+            losses.append(loss)
+            if bool(has.any()):
                 self.log(f"{stage}/{name}/loss", loss.detach(), on_epoch=True, batch_size=size,
                          sync_dist=True)
-        total = sum(losses.values())
-        self.log(f"{stage}/mtl/loss", total.detach(), on_epoch=True, prog_bar=True,
-                 batch_size=size, sync_dist=True)  # the mean over processes under DDP
-        return total
+        if losses:
+            self.log(f"{stage}/mtl/loss", sum(losses).detach(), on_epoch=True, prog_bar=True,
+                     batch_size=size, sync_dist=True)  # the mean over processes under DDP
+        return {"outputs": outputs}
 
     def task_labels(self, batch: Batch, name: str) -> tuple[torch.Tensor, Any]:
         """Which samples are labelled for task ``name``, and its targets; an auxiliary task
@@ -496,13 +520,16 @@ class MultiTaskModule(LightningModule):
         ):
             model.require_backward_grad_sync = False
 
-    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int,
+                        dataloader_idx: int = 0) -> dict[str, Any]:
+        """Metrics (and losses) of a validation batch; returns its raw outputs for the
+        callbacks (see :meth:`_evaluate`)."""
         # Several validation loaders (one per data source) share the same metrics: each
         # sample updates only the tasks it is labelled for.
-        self._step(batch, "val")
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._evaluate(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """Predictions mapped back to each image's original pixels, with its metadata.
@@ -578,7 +605,20 @@ class MultiTaskModule(LightningModule):
         if self.hparams.baselines and stage != "train":
             self._log_delta_m(stage, computed)
 
-    def _updated_anywhere(self, metrics: nn.ModuleDict) -> bool:
+    def computed_metric(self, stage: str, task: str, metric: str) -> torch.Tensor | None:
+        """This epoch's value of one metric of a task, e.g. the classification confusion
+        matrix (a value that is not logged), summed or reduced across processes;
+        ``None`` when the task has no such metric or no process updated it. Every process
+        must call it (computing syncs), before ``on_{stage}_epoch_end`` resets the metrics."""
+        key = f"{stage}_{task}"
+        if key not in self.metrics or metric not in self.metrics[key]:
+            return None
+        chosen = self.metrics[key][metric]
+        if not self._updated_anywhere({metric: chosen}):
+            return None
+        return chosen.compute()
+
+    def _updated_anywhere(self, metrics: Any) -> bool:
         """Whether any process updated ``metrics`` this epoch. Computing syncs the metric
         across processes, so every process must make the same choice: with partial labels
         (and training metrics on a sample of batches) one process may have seen no

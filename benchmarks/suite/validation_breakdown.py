@@ -10,7 +10,7 @@ made inside the overlays callback counts as the overlays', not as a forward):
 - ``logging``: the module's ``self.log`` calls;
 - ``metric_compute``: the module's ``on_validation_epoch_end`` (final mIoU, accuracy, COCO
   mAP, the multi-task summaries and their logging);
-- ``overlays``: the prediction overlays callback (its own forward pass of the shown batch,
+- ``overlays``: the prediction overlays callback (keeping the shown images' outputs,
   drawing, PNG files, W&B images);
 - ``other_callbacks``: every other callback's validation hooks;
 - ``loader_and_rest``: the epoch minus the above (waiting for the loader's batches, moving

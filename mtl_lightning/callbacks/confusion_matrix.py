@@ -1,11 +1,10 @@
 """The classification confusion matrix of every validation epoch, as a PNG and in W&B.
 
-The module's ``validation_step`` returns nothing, and a second forward pass would double the
-validation cost, so the callback listens to the classification task's own output: a forward
-hook on ``pl_module.tasks[task]`` (registered for the validation epoch only) keeps the logits
-of the batch just run, and ``on_validation_batch_end`` adds the labelled samples of that batch
-(``batch["has"][task]``) to a torchmetrics ``MulticlassConfusionMatrix``, which also sums the
-counts over DDP processes. At the end of the epoch the matrix is
+The matrix is one of the classification task's own validation metrics (``confusion_matrix``,
+torchmetrics' ``MulticlassConfusionMatrix``, see :mod:`mtl_lightning.tasks.classification`):
+it is updated in ``validation_step`` from the logits of the one forward pass, and summed over
+DDP processes when it is computed. This callback only reads it at the end of the epoch
+(before the module's own ``on_validation_epoch_end`` resets the metrics) and publishes it:
 
 - written as ``<run dir>/confusion_matrix/epochNNN.png`` (rows: true class, columns:
   predicted class, counts written in, shaded by the fraction of the row), and
@@ -27,11 +26,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw
-from torch.utils.hooks import RemovableHandle
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mtl_lightning.callbacks.metrics_report import run_directory
-from mtl_lightning.tasks.classification import ClassificationTask
+from mtl_lightning.tasks.classification import CONFUSION_MATRIX, ClassificationTask
 
 CELL = 56
 MARGIN = 110
@@ -95,9 +92,8 @@ class ConfusionMatrix(Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.save_png = save_png
         self.log_to_wandb = log_to_wandb
-        self.matrix: MulticlassConfusionMatrix | None = None
-        self._hook: RemovableHandle | None = None
-        self._logits: torch.Tensor | None = None
+        #: the counts of the last published epoch (rows: true class, columns: predicted)
+        self.counts: torch.Tensor | None = None
 
     def _wanted_task(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         tasks = dict(getattr(pl_module, "tasks", {}).items())
@@ -112,36 +108,15 @@ class ConfusionMatrix(Callback):
             return None
         return task if trainer.current_epoch % self.every_n_epochs == 0 else None
 
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         task = self._wanted_task(trainer, pl_module)
         if task is None:
             return
-        self.matrix = MulticlassConfusionMatrix(task.num_classes).to(pl_module.device)
-        self._hook = task.register_forward_hook(self._capture)
-
-    def _capture(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
-        self._logits = output.detach()
-
-    def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:
-        logits, self._logits = self._logits, None
-        if self._hook is None or logits is None or self.matrix is None:
+        counts = pl_module.computed_metric("val", self.task, CONFUSION_MATRIX)
+        if counts is None:  # no process saw a labelled sample of the task
             return
-        has = batch.get("has", {}).get(self.task)
-        target = batch.get("targets", {}).get(self.task)
-        if has is None or target is None or len(has) != len(logits) or not bool(has.any()):
-            return
-        self.matrix.update(logits[has].float().argmax(-1), target[has].long())
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._hook is None or self.matrix is None:
-            return
-        self._hook.remove()
-        self._hook, self._logits = None, None
-        counts = self.matrix.compute().cpu()  # every process takes part in the sum
-        self._publish(trainer, pl_module.tasks[self.task].class_names, counts)
+        self.counts = counts.cpu()
+        self._publish(trainer, task.class_names, self.counts)
 
     @rank_zero_only
     def _publish(self, trainer: Trainer, class_names: list[str], counts: torch.Tensor) -> None:

@@ -1,7 +1,11 @@
 """Predictions drawn over a fixed set of validation images, as PNG files and W&B images.
 
 Every ``every_n_epochs`` validation epochs, the same ``num_images`` validation images (chosen
-once, evenly spaced through the split) go through the model. For each one a PNG is written to
+once, evenly spaced through the samples the validation loop runs on this process) are drawn
+from the validation loop's own outputs: ``validation_step`` returns each batch's raw head
+outputs, and ``on_validation_batch_end`` keeps the chosen images of that batch (image,
+targets, metadata, outputs; a few images, so memory stays flat), so no second forward pass
+is made. At the end of the epoch, for each one a PNG is written to
 ``<run dir>/overlays/epochNNN/<source>_<image id>.png`` (``<image id>.png`` when the sample
 names no source; image ids restart per source): the ground truth on the left, the prediction
 on the right (mask, boxes with class names and scores, image class), drawn by each task's own
@@ -14,27 +18,30 @@ and labelled ``crowd``. With a W&B logger the same images are logged under ``val
 ``wandb.Image`` with interactive ground-truth and predicted masks and boxes (class names
 attached) and the image-level truth and prediction in the caption, and as the W&B Table
 ``val/overlay_table``: one row per image with that picture and, per task, the truth, the
-prediction and the image's own scores (the task's metrics computed on that image alone, e.g.
-``detection map_50``, ``segmentation miou``). Users without W&B lose nothing: the PNG files
-hold the same pictures.
+prediction and the image's own scores (the task's metrics computed on that image alone, from
+the same outputs, e.g. ``detection map_50``, ``segmentation miou``). Users without W&B lose
+nothing: the PNG files hold the same pictures. Drawing and W&B logging happen once, at the
+end of the epoch, never per batch.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import move_data_to_device, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
+from lightning_utilities.core.apply_func import apply_to_collection
 from torchvision.io import write_png
 
 from mtl_lightning.callbacks.metrics_report import run_directory
 from mtl_lightning.callbacks.prediction_writer import confident, draw_order, to_cpu
-from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.tasks.wandb_media import WANDB_IGNORE  # noqa: F401 (re-exported)
 
 #: Pictures smaller than this (pixels, shorter side) are enlarged before drawing.
@@ -110,8 +117,46 @@ def overlay_name(meta: dict, index: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem)
 
 
+def take(value: Any, index: list[int]) -> Any:
+    """Samples ``index`` of a batch-first collection (a batch, or the model's raw outputs):
+    tensors indexed along their first dimension (a copy, detached), lists (metadata,
+    detection targets) picked, dicts taken key by key."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()[index] if value.ndim else value
+    if isinstance(value, dict):
+        return {key: take(item, index) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [value[i] for i in index]
+    return value
+
+
+def join(parts: Sequence[Any]) -> Any:
+    """The concatenation of :func:`take` results, in order (keys that some part lacks, e.g. a
+    task one validation loader does not carry, are left out)."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(parts)) if first.ndim else first
+    if isinstance(first, dict):
+        keys = [key for key in first if all(isinstance(p, dict) and key in p for p in parts)]
+        return {key: join([p[key] for p in parts]) for key in keys}
+    if isinstance(first, list):
+        return [item for part in parts for item in part]
+    return first
+
+
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """``count`` positions in ``range(total)``, evenly spaced, first and last included."""
+    count = min(count, total)
+    return [round(i * (total - 1) / max(count - 1, 1)) for i in range(count)]
+
+
 class PredictionOverlays(Callback):
-    """Draw ground truth and predictions of fixed validation images.
+    """Draw ground truth and predictions of fixed validation images, from the validation
+    loop's own outputs (no forward pass of its own).
 
     Args:
         num_images: how many validation images to show (0 switches the callback off).
@@ -119,7 +164,7 @@ class PredictionOverlays(Callback):
         save_png: write the PNG files in the run directory.
         log_to_wandb: log ``wandb.Image`` objects when the trainer has a W&B logger.
         log_table: with W&B, also log the ``val/overlay_table`` Table of per-image results
-            (one more forward pass of the shown images to score each one).
+            (each shown image's metrics, from the outputs already kept).
         draw_score_threshold: boxes scoring below this are not drawn (pictures only; the
             metrics and the table's text see every prediction).
     """
@@ -134,39 +179,88 @@ class PredictionOverlays(Callback):
         self.save_png = save_png
         self.log_to_wandb = log_to_wandb
         self.log_table = log_table
+        #: positions of the shown images in the validation stream, chosen once per run
         self._indices: list[int] | None = None
+        #: (dataloader index, batch index) -> positions in that batch, for this epoch
+        self._wanted: dict[tuple[int, int], list[int]] | None = None
+        self._kept: list[tuple[dict, dict]] = []
+
+    def _drawing(self, trainer: Trainer) -> bool:
+        return (not trainer.sanity_checking and self.num_images > 0
+                and trainer.current_epoch % self.every_n_epochs == 0)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._kept, self._wanted = [], None
+        if self._drawing(trainer) and trainer.is_global_zero:
+            self._wanted = self._plan(trainer)
+
+    def _plan(self, trainer: Trainer) -> dict[tuple[int, int], list[int]]:
+        """Where the shown images sit in this epoch's batches: ``(dataloader, batch) ->
+        positions``, from the batch samplers' sizes (an evaluation sampler does not
+        shuffle, so every epoch runs the same samples in the same order). A loader without
+        a sized batch sampler (an iterable data set) gives the first images instead."""
+        loaders = trainer.val_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        limits = list(trainer.num_val_batches)
+        slots: list[tuple[int, int, int]] = []
+        for loader_index, (loader, limit) in enumerate(zip(loaders, limits)):
+            sampler = getattr(loader, "batch_sampler", None)
+            if sampler is None or not hasattr(sampler, "__len__"):
+                return {}
+            count = len(sampler) if limit == float("inf") else int(limit)
+            for batch_index, indices in enumerate(itertools.islice(sampler, count)):
+                slots += [(loader_index, batch_index, i) for i in range(len(indices))]
+        if self._indices is None or max(self._indices, default=-1) >= len(slots):
+            self._indices = evenly_spaced(len(slots), self.num_images)
+        wanted: dict[tuple[int, int], list[int]] = {}
+        for position in self._indices:
+            loader_index, batch_index, i = slots[position]
+            wanted.setdefault((loader_index, batch_index), []).append(i)
+        return wanted
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._wanted is None:
+            return
+        if self._wanted:
+            index = self._wanted.get((dataloader_idx, batch_idx))
+        else:  # no plan (an iterable data set): the first images
+            shown = sum(len(part["image"]) for part, _ in self._kept)
+            index = list(range(min(len(batch["image"]), self.num_images - shown)))
+        if not index:
+            return
+        part = take({key: batch[key] for key in ("image", "targets", "has", "meta")
+                     if key in batch}, index)
+        raw = outputs.get("outputs") if isinstance(outputs, dict) else None
+        if raw is None:  # a validation_step that returns no outputs: run these images only
+            raw = pl_module(part["image"])
+        # float32: under bf16 autocast the outputs are bfloat16, whose CPU kernels are slow
+        # for the drawing's post-processing; a few images' worth is cheap to convert
+        self._kept.append((part, apply_to_collection(take(raw, index), torch.Tensor,
+                                                     _as_float32)))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or self.num_images <= 0:
-            return
-        if trainer.current_epoch % self.every_n_epochs:
-            return
-        self._draw(trainer, pl_module)
+        kept, self._kept, self._wanted = self._kept, [], None
+        if kept and self._drawing(trainer):
+            self._draw(trainer, pl_module, join([b for b, _ in kept]), join([o for _, o in kept]))
 
     @rank_zero_only
-    def _draw(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        datasets = getattr(trainer.datamodule, "datasets", {})
-        dataset = datasets.get("val") if isinstance(datasets, dict) else None
-        if dataset is None or len(dataset) == 0:
-            return
-        if self._indices is None:  # chosen once per run: the same images every time
-            count = min(self.num_images, len(dataset))
-            self._indices = [round(i * (len(dataset) - 1) / max(count - 1, 1))
-                             for i in range(count)]
-        batch = collate_multitask([dataset[i] for i in self._indices])
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, batch: dict,
+              outputs: dict) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         to_wandb = self.log_to_wandb and bool(loggers)
-        was_training = pl_module.training
-        pl_module.eval()
         with torch.no_grad():
-            images = batch["image"].to(pl_module.device)
-            predictions = pl_module.predict_tasks(images)
+            per_task = {name: pl_module.tasks[name].postprocess(out)
+                        for name, out in outputs.items()}
+            predictions = [{name: values[i] for name, values in per_task.items()}
+                           for i in range(len(batch["image"]))]
             scores = None
             if to_wandb and self.log_table:
-                scores = per_image_scores(pl_module, images, batch)
-        pl_module.train(was_training)
+                scores = per_image_scores(pl_module, outputs, batch)
         views = [overlay_view(pl_module, batch, i, predictions[i])
-                 for i in range(len(self._indices))]
+                 for i in range(len(predictions))]
         if self.save_png:
             folder = run_directory(trainer) / "overlays" / f"epoch{trainer.current_epoch:03d}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -188,7 +282,8 @@ class PredictionOverlays(Callback):
         logged: dict[str, Any] = {"val/overlays": overlays}
         if scores is not None:
             logged["val/overlay_table"] = _wandb_table(
-                pl_module, batch, predictions, scores, views, self.draw_score_threshold
+                pl_module, batch, predictions, scores, views, self.draw_score_threshold,
+                images=overlays,  # the same wandb.Image objects: their media built once
             )
         logger.log_metrics(logged, step=step)
 
@@ -219,30 +314,33 @@ def side_by_side(pl_module: LightningModule, view: tuple, draw_score_threshold: 
 
 
 def per_image_scores(
-    pl_module: LightningModule, images: torch.Tensor, batch: dict
+    pl_module: LightningModule, outputs: dict[str, Any], batch: dict
 ) -> list[dict[str, dict[str, float]]]:
     """Each image's own scores: ``[{task: {metric: value}}]``, every task's metrics computed
-    on that image alone (a fresh collection from ``task.build_metrics``, updated with a
-    ``has`` mask selecting the image). Tasks the image is not labelled for are left out."""
-    outputs = pl_module(images)
-    targets = move_data_to_device(batch["targets"], images.device)
+    on that image alone (a fresh collection from ``task.build_metrics``, updated with that
+    image's slice of ``outputs``, the model's raw outputs of the batch's images, and of the
+    targets). Tasks the image is not labelled for are left out."""
+    images = batch["image"]
+    targets = batch["targets"]
     scores: list[dict[str, dict[str, float]]] = [{} for _ in range(len(images))]
     for name, task in pl_module.tasks.items():
         has = batch["has"].get(name)
         if has is None or name not in targets:
             continue
+        only = torch.ones(1, dtype=torch.bool, device=images.device)
         for i in range(len(images)):
             if not bool(has[i]):
                 continue
-            only = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-            only[i] = True
             metrics = task.build_metrics("val").to(images.device)
             for metric in metrics.values():
                 # Only rank 0 draws: a sync across processes in compute() would never return.
                 metric.distributed_available_fn = _never
             with warnings.catch_warnings():  # one image: torchmetrics warns of absent classes
                 warnings.simplefilter("ignore")
-                task.update_metrics(metrics, outputs[name], targets[name], only)
+                # The image's own slice: a metric over the whole batch with the others
+                # masked out would count every image's pixels once per image.
+                task.update_metrics(metrics, take(outputs[name], [i]), take(targets[name], [i]),
+                                    only)
                 values = task.compute_metrics(metrics)
             scores[i][name] = {metric: float(value) for metric, value in values.items()}
     return scores
@@ -272,9 +370,11 @@ def _wandb_image(pl_module: LightningModule, batch: dict, i: int, view: tuple,
 def _wandb_table(
     pl_module: LightningModule, batch: dict, predictions: list[dict], scores: list[dict],
     views: list[tuple] | None = None, draw_score_threshold: float = 0.0,
+    images: list[Any] | None = None,
 ) -> Any:
     """``wandb.Table``: one row per image, columns ``image_id``, ``overlay`` and per task
-    ``<task> truth``, ``<task> prediction`` and ``<task> <metric>`` (empty when unlabelled)."""
+    ``<task> truth``, ``<task> prediction`` and ``<task> <metric>`` (empty when unlabelled).
+    ``images``: the overlays' ``wandb.Image`` objects when already made."""
     import wandb
 
     views = views or [overlay_view(pl_module, batch, i, p) for i, p in enumerate(predictions)]
@@ -283,7 +383,8 @@ def _wandb_table(
         meta = batch["meta"][i] if "meta" in batch else {}
         row: dict[str, Any] = {
             "image_id": overlay_name(meta, i),
-            "overlay": _wandb_image(pl_module, batch, i, views[i], draw_score_threshold),
+            "overlay": (images[i] if images is not None
+                        else _wandb_image(pl_module, batch, i, views[i], draw_score_threshold)),
         }
         for name in draw_order(prediction, pl_module.tasks):
             task = pl_module.tasks[name]

@@ -14,7 +14,11 @@ Metrics, and which one is the headline (``{stage}/mtl/score``, checkpoint select
 
 - single-label: ``accuracy`` (micro) and ``macro_accuracy`` (mean per-class recall). The
   headline is ``accuracy``; on imbalanced classes set ``headline: macro_accuracy``, where
-  always answering the majority class scores 1 / num_classes.
+  always answering the majority class scores 1 / num_classes. Validation and test also
+  count the ``confusion_matrix`` (torchmetrics' ``MulticlassConfusionMatrix``: rows true,
+  columns predicted), updated from the same logits in the same step; it is not a scalar,
+  so it is not logged as a metric: the
+  :class:`~mtl_lightning.callbacks.confusion_matrix.ConfusionMatrix` callback draws it.
 - multi-label: ``map`` (mean average precision over the classes that occur, threshold-free)
   and ``f1`` (macro F1 at ``threshold``), plus the micro and macro ``accuracy`` of every
   (image, class) decision. The headline is ``map``: micro accuracy rewards a model that
@@ -33,7 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MultilabelAccuracy,
+)
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
@@ -45,6 +53,8 @@ from mtl_lightning.tasks.multilabel_metrics import (
 
 SINGLE_LABEL_METRICS = ("accuracy", "macro_accuracy")
 MULTILABEL_METRICS = ("map", "f1", "accuracy", "macro_accuracy")
+#: The key of the single-label confusion matrix in the validation and test metrics.
+CONFUSION_MATRIX = "confusion_matrix"
 #: Lines of class names drawn at most (the rest is summarised as "+N more").
 MAX_DRAWN_LINES = 5
 
@@ -149,10 +159,13 @@ class ClassificationTask(Task):
                 "macro_accuracy": MultilabelAccuracy(self.num_classes, threshold,
                                                      average="macro"),
             })
-        return MetricCollection({
+        metrics = {
             "accuracy": MulticlassAccuracy(self.num_classes, average="micro"),
             "macro_accuracy": MulticlassAccuracy(self.num_classes, average="macro"),
-        })
+        }
+        if stage != "train":  # one bincount of B labels per batch; summed across processes
+            metrics[CONFUSION_MATRIX] = MulticlassConfusionMatrix(self.num_classes)
+        return MetricCollection(metrics)
 
     def update_metrics(
         self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor,
@@ -164,6 +177,13 @@ class ClassificationTask(Task):
         # Probabilities, not logits: the multi-label metrics apply ``threshold`` to them.
         scores = logits.sigmoid() if self.multilabel else logits
         metrics.update(scores, targets[has].long())
+
+    def compute_metrics(self, metrics: MetricCollection) -> dict[str, torch.Tensor]:
+        """The scalar metrics; the confusion matrix is read by its callback, never logged
+        (a single class's 1 x 1 matrix would otherwise pass for a scalar)."""
+        values = super().compute_metrics(metrics)
+        values.pop(CONFUSION_MATRIX, None)
+        return values
 
     def prediction_to_json(self, prediction: dict[str, torch.Tensor]) -> Any:
         """Multi-label: a list of ``{class_id, category_id, name, score}`` (empty when no class

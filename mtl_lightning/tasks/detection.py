@@ -168,7 +168,8 @@ class DetectionTask(Task):
         """Dense targets for a batch: heatmap [B,C,H,W], box [B,4,H,W], weight [B,H,W].
 
         Vectorised over images and objects: the Gaussians of all objects of all images are
-        one [B, M, H*W] tensor, reduced with ``amax`` (per class) and ``max`` (per cell).
+        one [B, M, H*W] tensor (the outer product of their x and y factors), reduced with
+        ``amax`` (per class) and ``max`` (per cell).
         """
         boxes, labels, valid = pad_targets(targets, device)
         batch = labels.shape[0]
@@ -179,9 +180,14 @@ class DetectionTask(Task):
         centre_cells[..., 0].clamp_(max=width - 1)
         centre_cells[..., 1].clamp_(max=height - 1)
         sigma = (self.gaussian_alpha * sizes / stride / 6).clamp(min=0.25)  # cells
-        cells = (self._cell_centres(height, width, device) / stride - 0.5)  # [HW,2] integer
-        offsets = (cells[None, None] - centre_cells[:, :, None]) / sigma[:, :, None]
-        gauss = torch.exp(-0.5 * (offsets**2).sum(-1)) * valid[..., None]  # [B,M,HW]
+        # The Gaussian is separable: exp over the [B,M,W] and [B,M,H] axes, then one outer
+        # product, instead of exp over every cell of every object (W + H exps, not W * H).
+        xs = torch.arange(width, device=device, dtype=sigma.dtype)
+        ys = torch.arange(height, device=device, dtype=sigma.dtype)
+        gauss_x = torch.exp(-0.5 * ((xs - centre_cells[..., :1]) / sigma[..., :1]) ** 2)
+        gauss_y = torch.exp(-0.5 * ((ys - centre_cells[..., 1:]) / sigma[..., 1:]) ** 2)
+        gauss = (gauss_y[..., :, None] * gauss_x[..., None, :]).flatten(2)  # [B,M,HW]
+        gauss = gauss * valid[..., None]
 
         heatmap = torch.zeros(batch, self.num_classes, height * width, device=device)
         heatmap.scatter_reduce_(

@@ -1,4 +1,6 @@
-"""The confusion-matrix callback: counts match the model's own predictions, PNG per epoch."""
+"""The confusion-matrix callback: it publishes the classification task's own
+``confusion_matrix`` metric (counts match the model's own predictions), a PNG per epoch, and
+costs no forward pass of its own."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from mtl_lightning.callbacks.confusion_matrix import (
     expand_counts,
 )
 from mtl_lightning.module import MultiTaskModule
+from mtl_lightning.tasks import build_task
 
 
 def test_picture_shades_cells_by_row_fraction() -> None:
@@ -51,8 +54,18 @@ def test_validation_counts_equal_the_models_predictions(tiny_scenes, tmp_path: P
         callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, default_root_dir=tmp_path,
     )
+    calls = []
+    forward = model.forward
+
+    def counting(image: torch.Tensor) -> dict:
+        calls.append(len(image))
+        return forward(image)
+
+    model.forward = counting
     trainer.validate(model, datamodule=tiny_scenes)
-    counts = callback.matrix.compute()
+    assert len(calls) == len(tiny_scenes.val_dataloader())  # the validation steps' only
+    model.forward = forward
+    counts = callback.counts
     # The same matrix, computed independently from a plain forward pass.
     expected = torch.zeros_like(counts)
     model.eval()
@@ -67,10 +80,22 @@ def test_validation_counts_equal_the_models_predictions(tiny_scenes, tmp_path: P
     picture = Image.open(tmp_path / "confusion_matrix" / "epoch000.png")
     classes = tiny_scenes.task_info["classification"]["num_classes"]
     assert picture.size == (MARGIN + classes * CELL + 10, MARGIN + classes * CELL + 30)
-    # The hook is gone after the epoch: later forward passes are not captured.
-    assert callback._hook is None
-    model(torch.randn(1, 3, 64, 64))
-    assert callback._logits is None
+    # The matrix is a metric of the task, reset with the others, never logged as a value.
+    assert not model.metrics["val_classification"]["confusion_matrix"].update_called
+    assert not any("confusion" in key for key in trainer.callback_metrics)
+
+
+def test_the_matrix_is_a_validation_metric_of_single_label_classification() -> None:
+    task = build_task("classification", None, {"num_classes": 3})
+    assert "confusion_matrix" in task.build_metrics("val")
+    assert "confusion_matrix" not in task.build_metrics("train")
+    multilabel = build_task("classification", {"multilabel": True}, {"num_classes": 3})
+    assert "confusion_matrix" not in multilabel.build_metrics("val")
+    metrics = task.build_metrics("val")
+    task.update_metrics(metrics, torch.tensor([[2.0, 0, 0], [0, 0, 1], [0, 3, 0]]),
+                        torch.tensor([0, 2, 0]), torch.tensor([True, True, False]))
+    assert metrics["confusion_matrix"].compute().tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    assert set(task.compute_metrics(metrics)) == {"accuracy", "macro_accuracy"}
 
 
 def test_without_the_task_nothing_is_counted(tiny_scenes, tmp_path: Path) -> None:
@@ -81,5 +106,5 @@ def test_without_the_task_nothing_is_counted(tiny_scenes, tmp_path: Path) -> Non
                       enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=tmp_path, limit_val_batches=1)
     trainer.validate(model, datamodule=tiny_scenes)
-    assert callback.matrix is None
+    assert callback.counts is None
     assert not (tmp_path / "confusion_matrix").exists()

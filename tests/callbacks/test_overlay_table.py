@@ -16,7 +16,7 @@ def scored(tiny_scenes, tiny_batch):
     model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16).eval()
     with torch.no_grad():
         predictions = model.predict_tasks(tiny_batch["image"])
-        scores = per_image_scores(model, tiny_batch["image"], tiny_batch)
+        scores = per_image_scores(model, model(tiny_batch["image"]), tiny_batch)
         outputs = model(tiny_batch["image"])
     return model, predictions, scores, outputs
 
@@ -41,7 +41,7 @@ def test_unlabelled_images_get_no_scores(scored, tiny_batch) -> None:
     batch = {**tiny_batch, "has": {**tiny_batch["has"]}}
     batch["has"]["detection"] = torch.zeros(len(batch["image"]), dtype=torch.bool)
     with torch.no_grad():
-        scores = per_image_scores(model, batch["image"], batch)
+        scores = per_image_scores(model, model(batch["image"]), batch)
     assert all("detection" not in s and "classification" in s for s in scores)
 
 
@@ -97,6 +97,6 @@ def test_per_image_metrics_never_sync_across_processes(scored, tiny_batch, monke
 
     monkeypatch.setattr(task, "build_metrics", recording)
     with torch.no_grad():
-        per_image_scores(model, tiny_batch["image"], tiny_batch)
+        per_image_scores(model, model(tiny_batch["image"]), tiny_batch)
     assert len(built) == len(tiny_batch["image"])
     assert all(not m.distributed_available_fn() for c in built for m in c.values())
