@@ -17,6 +17,14 @@ from mtl_lightning.data.transforms import IGNORE_INDEX, train_transforms
 from tests.conftest import TINY_SCENES
 
 H, W = 48, 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_few_threads: None) -> None:
+    """Batches of a few small images: one thread, so a loaded machine's spinning OpenMP
+    threads do not multiply the time of every tiny operation."""
+    torch.set_num_threads(1)
+
 FLIP_ONLY = dict(hflip=1.0, scale=(1.0, 1.0), translate=0.0, color_jitter=0.0)
 
 

@@ -179,24 +179,23 @@ class BatchAugmentation:
         return warped.squeeze(1) if value.ndim == 3 else warped
 
     def _jitter(self, image: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast and saturation, each image its own factors and order."""
+        """Brightness, contrast and saturation, each image its own factors and order.
+
+        Each of the three operations blends the image with something: black (brightness),
+        its mean grey (contrast) or its greyscale (saturation). So each stage is one blend
+        per image, with the partner and factor of the operation that image draws there."""
         size, strength = len(image), self.color_jitter
         factors = _uniform(max(0.0, 1.0 - strength), 1.0 + strength, 3 * size).view(3, size)
-        factors = factors.to(device=image.device, dtype=image.dtype).view(3, size, 1, 1, 1)
-        order = torch.argsort(torch.rand(size, 3), dim=1).to(image.device)  # a permutation each
-
-        def apply(op: int, value: torch.Tensor) -> torch.Tensor:
-            if op == 0:
-                return _blend(value, torch.zeros_like(value), factors[0])
-            grey = TF.rgb_to_grayscale(value)
-            if op == 1:
-                return _blend(value, grey.mean(dim=(-3, -2, -1), keepdim=True), factors[1])
-            return _blend(value, grey, factors[2])
-
+        order = torch.argsort(torch.rand(size, 3), dim=1)  # a permutation per image
+        factors = factors.gather(0, order.T).T  # the factor of each image's k-th operation
+        factors = factors.to(device=image.device, dtype=image.dtype).view(size, 3, 1, 1, 1)
+        order = order.to(image.device).view(size, 3, 1, 1, 1)
         for stage in range(3):
-            choice = order[:, stage].view(size, 1, 1, 1)
-            image = torch.where(choice == 0, apply(0, image),
-                                torch.where(choice == 1, apply(1, image), apply(2, image)))
+            op = order[:, stage]
+            grey = TF.rgb_to_grayscale(image)
+            partner = torch.where(op == 2, grey, grey.mean(dim=(-3, -2, -1), keepdim=True))
+            partner = partner.masked_fill(op == 0, 0.0)
+            image = _blend(image, partner, factors[:, stage])
         return image
 
 
