@@ -19,6 +19,8 @@ from lightning.pytorch import LightningDataModule
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Dataset
 
+from mtl_lightning.data.batch_augmentation import batch_augmentation as _batch_augmentation
+from mtl_lightning.data.batch_augmentation import worker_transforms
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.constants import COCO_TASK_NAMES
 from mtl_lightning.data.images import DEFAULT_MAX_PIXELS
@@ -89,6 +91,10 @@ class MultiTaskDataModule(LightningDataModule):
         cache_budget: the share of the available memory one split's cache may take; a
             split estimated larger is refused before it is decoded (0: no check). See
             :mod:`mtl_lightning.data.sample_cache_budget`.
+        batch_augmentation: apply the training augmentation (``hflip``, ``scale_jitter``,
+            ``translate``, ``color_jitter``) to each batch after it reaches the device, with
+            per-image random parameters, instead of to each sample in the loader worker
+            (see :mod:`mtl_lightning.data.batch_augmentation`).
     """
 
     def __init__(
@@ -107,8 +113,10 @@ class MultiTaskDataModule(LightningDataModule):
         cache_samples: bool = False,
         resize: ResizeMode = "stretch",
         cache_budget: float = DEFAULT_CACHE_BUDGET,
+        batch_augmentation: bool = False,
     ) -> None:
         super().__init__()
+        self.batch_augmentation = batch_augmentation
         # Every subclass's init arguments too (Lightning collects the whole __init__ chain);
         # not logged: the run's config already is, and the model's "tasks" differ from ours.
         self.save_hyperparameters(logger=False)
@@ -162,10 +170,18 @@ class MultiTaskDataModule(LightningDataModule):
                  len(dataset), split, time.perf_counter() - start, megabytes)
 
     def train_transforms(self) -> Any:
+        if self.batch_augmentation:  # the random part runs on the batch: on_after_batch_transfer
+            return worker_transforms(self.image_size, self.resize)
         return train_transforms(self.image_size, self.tasks, resize=self.resize, **self.augment)
 
     def eval_transforms(self) -> Any:
         return eval_transforms(self.image_size, self.tasks, self.resize)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``batch_augmentation``, augment each training batch on its device."""
+        if self.batch_augmentation and self.trainer is not None and self.trainer.training:
+            return _batch_augmentation(self.augment, self.task_info)(batch)
+        return batch
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if split not in self.datasets:

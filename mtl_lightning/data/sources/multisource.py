@@ -476,8 +476,8 @@ class MultiSourceDataModule(MultiTaskDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Concatenate the CombinedLoader's ``{source: batch}`` into one batch (on device)."""
         if isinstance(batch, dict) and "image" not in batch:
-            return merge_batches(batch)
-        return batch
+            batch = merge_batches(batch)
+        return super().on_after_batch_transfer(batch, dataloader_idx)  # batch_augmentation
 
 
 __all__ = [
