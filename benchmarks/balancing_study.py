@@ -160,9 +160,10 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
     names = ({f"single_{t}_seed{s}" for t in TASKS for s in seeds}
              | {f"{m}_seed{s}" for m in [*plan.balancers, *grid] for s in seeds}
              | {f"{static_name(w)}_seed{seeds[0]}" for w in plan.simplex()})
+    done = sorted(names & set(runs_of))
     report: dict[str, Any] = {"root": str(root), "seeds": list(seeds),
-                              "finished_runs": len(names & set(runs_of)),
-                              "expected_runs": plan.expected_runs()}
+                              "finished_runs": len(done), "expected_runs": plan.expected_runs(),
+                              "runs": [run_record(runs_of[name]) for name in done]}
     grid_runs = [str(runs_of[f"{g}_seed{s}"]) for g in grid for s in seeds
                  if f"{g}_seed{s}" in runs_of]
     report["errors"] = []
@@ -188,6 +189,18 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
                             "test": {t: metrics.get(f"test/{t}/{HEADLINE[t]}") for t in TASKS}})
     report["simplex"] = simplex
     return report
+
+
+def run_record(run: Path) -> dict[str, Any]:
+    """A finished run's name, fit time (``run.json``'s ``fit/seconds``) and test headlines."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    cost_path = run / "run.json"
+    try:
+        cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {}
+    except json.JSONDecodeError:
+        cost = {}
+    return {"run": run.name, "fit_seconds": cost.get("fit/seconds"),
+            "test": {t: metrics.get(f"test/{t}/{HEADLINE[t]}") for t in TASKS}}
 
 
 def _compare(compare: Any, runs: list[str], singles: list[Path], stage: str,
@@ -268,7 +281,9 @@ def _cell(summary: dict[str, Any] | None, digits: int = 4) -> str:
 
 
 def _paired(paired: dict[str, Any] | None) -> str:
-    if not paired:
+    """The paired difference from equal weighting; ``-`` under 2 paired seeds (one seed's
+    difference says nothing about seed noise)."""
+    if not paired or (paired.get("n") or 0) < 2:
         return "-"
     text = f"{paired['mean']:+.2f}"
     if paired["standard_error"] is not None and not math.isnan(paired["standard_error"]):
@@ -316,6 +331,19 @@ def markdown(report: dict[str, Any]) -> str:
                   "(mean over seeds) among "
                   + ", ".join(f"`{k}` {v:.2f}" for k, v in sorted(tuned["val_delta_m"].items()))
                   + ".", ""]
+    runs = report.get("runs", [])
+    if runs:
+        lines += ["Finished runs (test headline metrics; fit time from run.json, wall clock of "
+                  "the fit on whatever the machine was doing then):", "",
+                  "| run | " + " | ".join(f"{t} {HEADLINE[t]}" for t in TASKS) + " | fit s |",
+                  "| --- |" + " --- |" * (len(TASKS) + 1)]
+        for run in runs:
+            cells = [f"{run['test'][t]:.4f}" if run["test"][t] is not None else "-"
+                     for t in TASKS]
+            seconds = run["fit_seconds"]
+            time = f"{seconds:.0f}" if seconds is not None else "-"
+            lines.append(f"| {run['run']} | " + " | ".join(cells) + f" | {time} |")
+        lines.append("")
     simplex = report.get("simplex", [])
     if simplex:
         values = [[s["test"][t] for t in TASKS] for s in simplex]
@@ -336,21 +364,22 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     """``python benchmarks/balancing_study.py [--seeds 0,1,2] [--root DIR]``: the plan's size,
-    and with ``--root`` how many of its runs are finished there (``experiments.py --sets
+    and how many of its runs are finished under ``--root`` (``experiments.py --sets
     balancers`` runs and aggregates them)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--root", type=Path, default=None, help="the study's run folder")
+    parser.add_argument("--root", type=Path, default=REPO / "benchmarks" / "study" / "runs",
+                        help="the study's run folder (default: the runs committed in the "
+                             "repository, benchmarks/study/runs)")
     args = parser.parse_args()
     plan = Plan([int(s) for s in args.seeds.split(",")])
     print(f"{len(plan.balancers)} balancer configs x {len(plan.seeds)} seeds, "
           f"{len(plan.grid)} equal-weighting grid points, {len(plan.simplex())} simplex "
           f"points: {plan.expected_runs()} runs.")
-    if args.root is not None:
-        done = sum(finished(run) for run in args.root.glob("*_seed*") if run.is_dir())
-        print(f"{done} finished in {args.root}.")
+    done = sum(finished(run) for run in args.root.glob("*_seed*") if run.is_dir())
+    print(f"{done} finished in {args.root}.")
 
 
 if __name__ == "__main__":

@@ -228,3 +228,20 @@ def test_study_order_runs_every_run_once_most_informative_first() -> None:
     assert names.index("gradnorm_seed0") > names.index(simplex[-1])  # the rest come last
     equal = next(args for name, seed, _, args in order if name == "equal")
     assert equal == ("--model.balancer", "configs/balancer/equal.yaml")
+
+
+def test_one_seed_gives_no_paired_difference_and_every_finished_run_is_listed(
+        tmp_path: Path) -> None:
+    for task in TASKS:
+        _run(tmp_path, f"single_{task}_seed0", 0, {task: 0.5})
+    _run(tmp_path, "equal_seed0", 0, dict.fromkeys(TASKS, 0.5))
+    _run(tmp_path, "mgda_seed0", 0, dict.fromkeys(TASKS, 0.6))
+    (tmp_path / "mgda_seed0" / "run.json").write_text(json.dumps({"fit/seconds": 83.4}))
+    plan = study.Plan([0, 1], balancers=["equal", "mgda"], grid=((0.003, 0.05),),
+                      divisions=2)
+    text = study.markdown(study.aggregate(tmp_path, plan))
+    assert "5 of 13 runs finished (PARTIAL" in text
+    mgda = next(line for line in text.splitlines() if line.startswith("| mgda | 1 |"))
+    assert mgda.split(" | ")[6] == "-"  # one seed: no paired difference from equal
+    assert "| mgda_seed0 | 0.6000 | 0.6000 | 0.6000 | 83 |" in text
+    assert "| single_detection_seed0 | - | - | 0.5000 | - |" in text
