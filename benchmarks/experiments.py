@@ -12,7 +12,10 @@ A run whose ``metrics.json`` holds test metrics is skipped, so a set can be stop
 resumed, or spread over several sittings; a run that fails is reported and the set goes on.
 
 The schedule is ``configs/experiment/short.yaml`` for the README's sets (``--full``: the
-default job's) and ``configs/experiment/study.yaml`` for ``balancers``.
+default job's) and ``configs/experiment/study.yaml`` for ``balancers`` and ``architectures``.
+Those two keep their runs in the repository (:data:`STUDY_ROOT`), each run only its small
+records (:data:`RECORDS`), trained in a scratch folder first, so that a study spread over
+sittings on machines that keep only the git repository resumes from what was committed.
 Each set ends with :func:`mtl_lightning.compare.compare` of its multi-task runs against the
 single-task runs of the same data: every metric and delta_m as mean ± std over the seeds,
 and (where the set has equal weighting as a method) each method's paired t-test over seeds
