@@ -161,7 +161,8 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
              | {f"{m}_seed{s}" for m in [*plan.balancers, *grid] for s in seeds}
              | {f"{static_name(w)}_seed{seeds[0]}" for w in plan.simplex()})
     done = sorted(names & set(runs_of))
-    report: dict[str, Any] = {"root": str(root), "seeds": list(seeds),
+    where = root.relative_to(REPO) if root.is_relative_to(REPO) else root  # no machine path
+    report: dict[str, Any] = {"root": str(where), "seeds": list(seeds),
                               "finished_runs": len(done), "expected_runs": plan.expected_runs(),
                               "runs": [run_record(runs_of[name]) for name in done]}
     grid_runs = [str(runs_of[f"{g}_seed{s}"]) for g in grid for s in seeds
