@@ -114,12 +114,13 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
 
 def pick_tuned(validation: dict[str, Any], grid: Iterable[str]) -> tuple[str | None, dict]:
     """The grid point with the highest mean validation delta_m (``compare`` output on
-    ``val``), and every point's mean, for the record. ``None`` when no point has one."""
+    ``val``), and every point's mean, for the record. ``None`` under two points with one
+    (a single point is no tuning: the table would show equal weighting twice)."""
     means = {}
     for method in validation["methods"]:
         if method["method"] in set(grid) and "delta_m" in method["summary"]:
             means[method["method"]] = method["summary"]["delta_m"]["mean"]
-    if not means:
+    if len(means) < 2:  # one grid point is no tuning
         return None, means
     return max(means, key=means.get), means
 
@@ -173,7 +174,8 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
         validation = _compare(compare, grid_runs, singles, "val", report["errors"])
         tuned, means = pick_tuned(validation, grid)
         if tuned is not None:
-            report["tuned_equal"] = {"picked": tuned, "val_delta_m": means}
+            report["tuned_equal"] = {"picked": tuned, "val_delta_m": means,
+                                     "grid_points": len(grid)}
     methods = [f"{b}_seed{s}" for b in plan.balancers for s in seeds]
     run_specs = [str(runs_of[name]) for name in methods if name in runs_of]
     if tuned is not None:
@@ -215,6 +217,8 @@ def _compare(compare: Any, runs: list[str], singles: list[Path], stage: str,
         return compare(runs, [], stage=stage, reference=REFERENCE)
 
 
+#: The Pareto plot is drawn from this many finished simplex points on (fewer show no front).
+MIN_SIMPLEX_POINTS = 3
 HEADLINE = {"classification": "accuracy", "segmentation": "miou", "detection": "map_50"}
 
 
@@ -235,10 +239,10 @@ def method_points(report: dict[str, Any]) -> dict[str, list[float]]:
 
 def draw_pareto(report: dict[str, Any], path: Path) -> Path | None:
     """The three test metrics pairwise: the simplex points (front marked) and the methods'
-    means; ``None`` when there is nothing to draw."""
+    means; ``None`` under :data:`MIN_SIMPLEX_POINTS` finished simplex points."""
     simplex = [s for s in report.get("simplex", []) if None not in s["test"].values()]
     methods = method_points(report)
-    if not simplex and not methods:
+    if len(simplex) < MIN_SIMPLEX_POINTS:
         return None
     import matplotlib
 
@@ -329,7 +333,8 @@ def markdown(report: dict[str, Any]) -> str:
     tuned = report.get("tuned_equal")
     if tuned:
         lines += [f"Tuned equal weighting: picked `{tuned['picked']}` on validation delta_m "
-                  "(mean over seeds) among "
+                  f"(mean over seeds) among the {len(tuned['val_delta_m'])} of "
+                  f"{tuned.get('grid_points', '?')} grid points finished: "
                   + ", ".join(f"`{k}` {v:.2f}" for k, v in sorted(tuned["val_delta_m"].items()))
                   + ".", ""]
     runs = report.get("runs", [])

@@ -98,6 +98,8 @@ def test_pareto_plot_is_written(tmp_path: Path) -> None:
     path = study.draw_pareto(report, tmp_path / "pareto.png")
     assert path is not None and path.stat().st_size > 1000
     assert study.draw_pareto({"simplex": [], "test": {"methods": []}}, tmp_path / "x.png") is None
+    report["simplex"] = report["simplex"][:2]  # two points show no front: no plot yet
+    assert study.draw_pareto(report, tmp_path / "two.png") is None
 
 
 def test_a_run_is_finished_only_with_test_metrics(tmp_path: Path) -> None:
@@ -245,3 +247,4 @@ def test_one_seed_gives_no_paired_difference_and_every_finished_run_is_listed(
     assert mgda.split(" | ")[6] == "-"  # one seed: no paired difference from equal
     assert "| mgda_seed0 | 0.6000 | 0.6000 | 0.6000 | 83 |" in text
     assert "| single_detection_seed0 | - | - | 0.5000 | - |" in text
+    assert "equal_tuned" not in text  # one grid point finished: no tuning to report
