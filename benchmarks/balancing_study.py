@@ -114,12 +114,13 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
 
 def pick_tuned(validation: dict[str, Any], grid: Iterable[str]) -> tuple[str | None, dict]:
     """The grid point with the highest mean validation delta_m (``compare`` output on
-    ``val``), and every point's mean, for the record. ``None`` when no point has one."""
+    ``val``), and every point's mean, for the record. ``None`` under two points with one
+    (a single point is no tuning: the table would show equal weighting twice)."""
     means = {}
     for method in validation["methods"]:
         if method["method"] in set(grid) and "delta_m" in method["summary"]:
             means[method["method"]] = method["summary"]["delta_m"]["mean"]
-    if not means:
+    if len(means) < 2:  # one grid point is no tuning
         return None, means
     return max(means, key=means.get), means
 
@@ -160,9 +161,11 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
     names = ({f"single_{t}_seed{s}" for t in TASKS for s in seeds}
              | {f"{m}_seed{s}" for m in [*plan.balancers, *grid] for s in seeds}
              | {f"{static_name(w)}_seed{seeds[0]}" for w in plan.simplex()})
-    report: dict[str, Any] = {"root": str(root), "seeds": list(seeds),
-                              "finished_runs": len(names & set(runs_of)),
-                              "expected_runs": plan.expected_runs()}
+    done = sorted(names & set(runs_of))
+    where = root.relative_to(REPO) if root.is_relative_to(REPO) else root  # no machine path
+    report: dict[str, Any] = {"root": str(where), "seeds": list(seeds),
+                              "finished_runs": len(done), "expected_runs": plan.expected_runs(),
+                              "runs": [run_record(runs_of[name]) for name in done]}
     grid_runs = [str(runs_of[f"{g}_seed{s}"]) for g in grid for s in seeds
                  if f"{g}_seed{s}" in runs_of]
     report["errors"] = []
@@ -171,7 +174,8 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
         validation = _compare(compare, grid_runs, singles, "val", report["errors"])
         tuned, means = pick_tuned(validation, grid)
         if tuned is not None:
-            report["tuned_equal"] = {"picked": tuned, "val_delta_m": means}
+            report["tuned_equal"] = {"picked": tuned, "val_delta_m": means,
+                                     "grid_points": len(grid)}
     methods = [f"{b}_seed{s}" for b in plan.balancers for s in seeds]
     run_specs = [str(runs_of[name]) for name in methods if name in runs_of]
     if tuned is not None:
@@ -190,6 +194,18 @@ def aggregate(root: Path, plan: Plan) -> dict[str, Any]:
     return report
 
 
+def run_record(run: Path) -> dict[str, Any]:
+    """A finished run's name, fit time (``run.json``'s ``fit/seconds``) and test headlines."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    cost_path = run / "run.json"
+    try:
+        cost = json.loads(cost_path.read_text()) if cost_path.is_file() else {}
+    except json.JSONDecodeError:
+        cost = {}
+    return {"run": run.name, "fit_seconds": cost.get("fit/seconds"),
+            "test": {t: metrics.get(f"test/{t}/{HEADLINE[t]}") for t in TASKS}}
+
+
 def _compare(compare: Any, runs: list[str], singles: list[Path], stage: str,
              errors: list[str]) -> dict[str, Any]:
     """``compare`` against the single-task runs; without delta_m (and the error noted) when
@@ -201,6 +217,8 @@ def _compare(compare: Any, runs: list[str], singles: list[Path], stage: str,
         return compare(runs, [], stage=stage, reference=REFERENCE)
 
 
+#: The Pareto plot is drawn from this many finished simplex points on (fewer show no front).
+MIN_SIMPLEX_POINTS = 3
 HEADLINE = {"classification": "accuracy", "segmentation": "miou", "detection": "map_50"}
 
 
@@ -221,10 +239,10 @@ def method_points(report: dict[str, Any]) -> dict[str, list[float]]:
 
 def draw_pareto(report: dict[str, Any], path: Path) -> Path | None:
     """The three test metrics pairwise: the simplex points (front marked) and the methods'
-    means; ``None`` when there is nothing to draw."""
+    means; ``None`` under :data:`MIN_SIMPLEX_POINTS` finished simplex points."""
     simplex = [s for s in report.get("simplex", []) if None not in s["test"].values()]
     methods = method_points(report)
-    if not simplex and not methods:
+    if len(simplex) < MIN_SIMPLEX_POINTS:
         return None
     import matplotlib
 
@@ -268,7 +286,9 @@ def _cell(summary: dict[str, Any] | None, digits: int = 4) -> str:
 
 
 def _paired(paired: dict[str, Any] | None) -> str:
-    if not paired:
+    """The paired difference from equal weighting; ``-`` under 2 paired seeds (one seed's
+    difference says nothing about seed noise)."""
+    if not paired or (paired.get("n") or 0) < 2:
         return "-"
     text = f"{paired['mean']:+.2f}"
     if paired["standard_error"] is not None and not math.isnan(paired["standard_error"]):
@@ -313,9 +333,23 @@ def markdown(report: dict[str, Any]) -> str:
     tuned = report.get("tuned_equal")
     if tuned:
         lines += [f"Tuned equal weighting: picked `{tuned['picked']}` on validation delta_m "
-                  "(mean over seeds) among "
+                  f"(mean over seeds) among the {len(tuned['val_delta_m'])} of "
+                  f"{tuned.get('grid_points', '?')} grid points finished: "
                   + ", ".join(f"`{k}` {v:.2f}" for k, v in sorted(tuned["val_delta_m"].items()))
                   + ".", ""]
+    runs = report.get("runs", [])
+    if runs:
+        lines += ["Finished runs (test headline metrics; fit time from run.json, wall clock of "
+                  "the fit on whatever the machine was doing then):", "",
+                  "| run | " + " | ".join(f"{t} {HEADLINE[t]}" for t in TASKS) + " | fit s |",
+                  "| --- |" + " --- |" * (len(TASKS) + 1)]
+        for run in runs:
+            cells = [f"{run['test'][t]:.4f}" if run["test"][t] is not None else "-"
+                     for t in TASKS]
+            seconds = run["fit_seconds"]
+            time = f"{seconds:.0f}" if seconds is not None else "-"
+            lines.append(f"| {run['run']} | " + " | ".join(cells) + f" | {time} |")
+        lines.append("")
     simplex = report.get("simplex", [])
     if simplex:
         values = [[s["test"][t] for t in TASKS] for s in simplex]
@@ -336,21 +370,22 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     """``python benchmarks/balancing_study.py [--seeds 0,1,2] [--root DIR]``: the plan's size,
-    and with ``--root`` how many of its runs are finished there (``experiments.py --sets
+    and how many of its runs are finished under ``--root`` (``experiments.py --sets
     balancers`` runs and aggregates them)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--root", type=Path, default=None, help="the study's run folder")
+    parser.add_argument("--root", type=Path, default=REPO / "benchmarks" / "study" / "runs",
+                        help="the study's run folder (default: the runs committed in the "
+                             "repository, benchmarks/study/runs)")
     args = parser.parse_args()
     plan = Plan([int(s) for s in args.seeds.split(",")])
     print(f"{len(plan.balancers)} balancer configs x {len(plan.seeds)} seeds, "
           f"{len(plan.grid)} equal-weighting grid points, {len(plan.simplex())} simplex "
           f"points: {plan.expected_runs()} runs.")
-    if args.root is not None:
-        done = sum(finished(run) for run in args.root.glob("*_seed*") if run.is_dir())
-        print(f"{done} finished in {args.root}.")
+    done = sum(finished(run) for run in args.root.glob("*_seed*") if run.is_dir())
+    print(f"{done} finished in {args.root}.")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ A run whose ``metrics.json`` holds test metrics is skipped, so a set can be stop
 resumed, or spread over several sittings; a run that fails is reported and the set goes on.
 
 The schedule is ``configs/experiment/short.yaml`` for the README's sets (``--full``: the
-default job's) and ``configs/experiment/study.yaml`` for ``balancers``.
+default job's) and ``configs/experiment/study.yaml`` for ``balancers`` and ``architectures``.
+Those two keep their runs in the repository (:data:`STUDY_ROOT`), each run only its small
+records (:data:`RECORDS`), trained in a scratch folder first, so that a study spread over
+sittings on machines that keep only the git repository resumes from what was committed.
 Each set ends with :func:`mtl_lightning.compare.compare` of its multi-task runs against the
 single-task runs of the same data: every metric and delta_m as mean ± std over the seeds,
 and (where the set has equal weighting as a method) each method's paired t-test over seeds
@@ -41,6 +44,7 @@ import argparse
 import csv
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -58,15 +62,26 @@ TASKS = study.TASKS
 BASE = ["--config", "configs/default.yaml", "--trainer.logger", "configs/logger/csv.yaml"]
 SHORT = "configs/experiment/short.yaml"
 STUDY = "configs/experiment/study.yaml"
+#: Where the study schedule's sets (``balancers``, ``architectures``) keep their runs: inside
+#: the repository, so that the finished runs survive a machine that keeps only the git
+#: repository; each holds only :data:`RECORDS` (its .gitignore ignores anything else).
+STUDY_ROOT = REPO / "benchmarks" / "study" / "runs"
+#: What a finished study run keeps: its metrics, its cost and its resolved config (the seed).
+RECORDS = ("metrics.json", "run.json", "config.yaml")
+#: Where the study's runs train (checkpoints, logs); ignored by git, emptied run by run.
+SCRATCH = REPO / "runs" / "study_scratch"
 
 
 class Runner:
     """Runs (or skips) the fits of a set; remembers what failed."""
 
     def __init__(self, root: Path, seeds: list[int], schedule: list[str],
-                 extra: list[str], dry: bool = False) -> None:
+                 extra: list[str], dry: bool = False, scratch: Path | None = None) -> None:
+        """``scratch``: train each run in ``scratch/<run>`` and copy only :data:`RECORDS` of
+        a finished one into ``root/<run>`` (an interrupted run never appears in ``root``);
+        ``None``: train in ``root/<run>`` and keep everything."""
         self.root, self.seeds, self.schedule, self.extra = root, seeds, schedule, extra
-        self.dry = dry
+        self.dry, self.scratch = dry, scratch
         self.failed: list[str] = []
 
     def fit(self, name: str, seed: int, *configs: str, schedule: list[str] | None = None,
@@ -81,21 +96,29 @@ class Runner:
         for config in configs:
             command += ["--config", config if config.endswith(".yaml")
                         else f"configs/experiment/{config}.yaml"]
+        where = self.root if self.scratch is None else self.scratch
+        trained = where / run_name
+        if self.scratch is not None and trained.exists():
+            shutil.rmtree(trained)  # left by an interrupted sitting: start it afresh
+        where.mkdir(parents=True, exist_ok=True)
         command += [*args, *self.extra, f"--seed_everything={seed}", "--run_name", run_name,
-                    "--trainer.default_root_dir", str(self.root)]
+                    "--trainer.default_root_dir", str(where)]
         start = time.perf_counter()
-        log = self.root / f"{run_name}.log"
+        log = where / f"{run_name}.log"
         with log.open("w") as output:
             code = subprocess.run(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT
                                   ).returncode
         seconds = time.perf_counter() - start
-        if code != 0 or not study.finished(run):
+        if code != 0 or not study.finished(trained):
             self.failed.append(run_name)
             print(f"{run_name}: FAILED after {seconds:.0f} s (exit {code}); see {log}",
                   flush=True)
-        else:
-            log.unlink()
-            print(f"{run_name}: {seconds:.0f} s", flush=True)
+            return run
+        log.unlink()
+        if self.scratch is not None:
+            keep(trained, run)
+            shutil.rmtree(trained)
+        print(f"{run_name}: {seconds:.0f} s", flush=True)
         return run
 
     def seeded(self, name: str, *configs: str, **kwargs) -> list[Path]:
@@ -108,6 +131,15 @@ class Runner:
         return [run for task in TASKS
                 for run in self.seeded(f"single_{task}{suffix}", *extra, f"single_{task}",
                                        **kwargs)]
+
+
+def keep(trained: Path, run: Path) -> None:
+    """Copy a finished run's :data:`RECORDS` into ``run``, ``metrics.json`` last (a run
+    counts as finished by it, so a copy interrupted half-way is run again)."""
+    run.mkdir(parents=True, exist_ok=True)
+    for name in sorted(RECORDS, key=lambda n: n == "metrics.json"):
+        if (trained / name).is_file():
+            shutil.copyfile(trained / name, run / name)
 
 
 def existing(runs: list[Path]) -> list[Path]:
@@ -181,28 +213,53 @@ def readme_sets(runner: Runner, sets: list[str]) -> tuple[dict, list[str]]:
     return report, markdown
 
 
-def balancers(runner: Runner, plan: study.Plan, results: Path) -> None:
-    """The balancing study, seed by seed (a complete table per seed before the next), the
-    simplex after the first seed; the results are rewritten after each seed."""
+#: The balancers the study runs at every seed first, after the single-task baselines and
+#: equal weighting: the classic loss weightings and gradient methods a reader asks about
+#: first (uncertainty, DWA, PCGrad, MGDA, CAGrad, FAMO, UPGrad, Nash-MTL).
+PRIORITY = ("uncertainty", "dwa", "pcgrad", "mgda", "cagrad", "famo", "upgrad", "nash_mtl")
+
+
+def study_order(plan: study.Plan, priority: tuple[str, ...] = PRIORITY
+                ) -> list[tuple[str, int, tuple[str, ...], tuple[str, ...]]]:
+    """Every run of ``plan`` as ``(name, seed, configs, args)``, most informative first, so
+    that a study stopped early has answered the most: (1) the single-task baselines at every
+    seed (delta_m needs them); (2) equal weighting and the :data:`PRIORITY` balancers at
+    every seed (a paired comparison needs >= 2 seeds); (3) the tuned equal weighting's other
+    grid points at every seed; (4) the static-weight simplex (seed 0); (5) the other balancers,
+    seed by seed."""
+    order: list[tuple[str, int, tuple[str, ...], tuple[str, ...]]] = []
+    first = [b for b in plan.balancers if b == study.REFERENCE or b in priority]
+    first.sort(key=lambda b: (b != study.REFERENCE,
+                              priority.index(b) if b in priority else 0))
+    rest = [b for b in plan.balancers if b not in first]
+
+    def balancer(config: str, seed: int) -> tuple[str, int, tuple[str, ...], tuple[str, ...]]:
+        return config, seed, (), ("--model.balancer", f"configs/balancer/{config}.yaml")
+
+    order += [(f"single_{t}", seed, (f"single_{t}",), ()) for seed in plan.seeds
+              for t in TASKS]
+    order += [balancer(b, seed) for seed in plan.seeds for b in first]
+    order += [(study.grid_name(lr, wd), seed, (),
+               (f"--model.lr={lr}", f"--model.weight_decay={wd}"))
+              for seed in plan.seeds for lr, wd in plan.grid
+              if study.grid_name(lr, wd) not in plan.balancers]
+    order += [(study.static_name(w), plan.seeds[0], (), (
+        "--model.balancer", "configs/balancer/equal.yaml",
+        f"--model.balancer.init_args.weights={json.dumps(w)}")) for w in plan.simplex()]
+    order += [balancer(b, seed) for seed in plan.seeds for b in rest]
+    return order
+
+
+def balancers(runner: Runner, plan: study.Plan, results: Path,
+              priority: tuple[str, ...] = PRIORITY) -> None:
+    """The balancing study in :func:`study_order`; the results are rewritten after every
+    finished multi-task run that was not skipped (so a stopped study has its table)."""
     schedule = ["--config", STUDY]
-    for index, seed in enumerate(plan.seeds):
-        for task in TASKS:
-            runner.fit(f"single_{task}", seed, f"single_{task}", schedule=schedule)
-        for config in plan.balancers:
-            runner.fit(config, seed, schedule=schedule,
-                       args=("--model.balancer", f"configs/balancer/{config}.yaml"))
-        for lr, weight_decay in plan.grid:
-            name = study.grid_name(lr, weight_decay)
-            if name not in plan.balancers:
-                runner.fit(name, seed, schedule=schedule,
-                           args=(f"--model.lr={lr}", f"--model.weight_decay={weight_decay}"))
-        if index == 0:
-            for weights in plan.simplex():
-                runner.fit(study.static_name(weights), seed, schedule=schedule, args=(
-                    "--model.balancer", "configs/balancer/equal.yaml",
-                    f"--model.balancer.init_args.weights={json.dumps(weights)}"))
-        if not runner.dry and index < len(plan.seeds) - 1:
-            write_study(runner.root, plan, results)  # a table per seed, while the next runs
+    for name, seed, configs, args in study_order(plan, priority):
+        ran = not study.finished(runner.root / f"{name}_seed{seed}")
+        run = runner.fit(name, seed, *configs, schedule=schedule, args=args)
+        if ran and not runner.dry and study.finished(run) and not name.startswith("single_"):
+            write_study(runner.root, plan, results)
     write_study(runner.root, plan, results)
 
 
@@ -246,10 +303,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", default="base,unrelated,labels,noise")
     parser.add_argument("--seeds", default="0", help="comma-separated seed_everything values")
     parser.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
-    parser.add_argument("--root", type=Path, default=REPO / "runs" / "experiments",
-                        help="where the run directories go")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="where the run directories go (default: runs/experiments; for "
+                             "balancers and architectures benchmarks/study/runs, in the "
+                             "repository, each run keeping only its metrics.json, run.json "
+                             "and config.yaml)")
     parser.add_argument("--results", type=Path, default=None,
-                        help="where the tables and the plot go (default: --root)")
+                        help="where the tables and the plot go (default: --root; for "
+                             "balancers and architectures benchmarks/study)")
+    parser.add_argument("--scratch", type=Path, default=SCRATCH,
+                        help="balancers and architectures: where a run trains (checkpoints, "
+                             "logs) before its records are copied to --root; emptied run by "
+                             "run")
+    parser.add_argument("--keep_run_files", action="store_true",
+                        help="balancers and architectures: train in --root and keep every "
+                             "file of a run (checkpoints included)")
     parser.add_argument("--data_root", type=Path, default=None,
                         help="the Scenes cache folder (default: the config's data/scenes)")
     parser.add_argument("--full", action="store_true",
@@ -274,12 +342,18 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(sets) - known
     if unknown:
         parser.error(f"unknown --sets {sorted(unknown)}; choose from {', '.join(sorted(known))}.")
-    root = args.root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    results = (args.results or root).resolve()
     extra = shlex.split(args.fit_args)
     if args.data_root is not None:
         extra += ["--data.init_args.root", str(args.data_root.resolve())]
+    study_sets = [s for s in sets if s in ("balancers", "architectures")]
+    if study_sets:
+        study_root = (args.root or STUDY_ROOT).resolve()
+        study_results = (args.results or (STUDY_ROOT.parent if args.root is None
+                                          else args.root)).resolve()
+        study_runner = Runner(study_root, seeds, [], extra, dry=args.aggregate_only,
+                              scratch=None if args.keep_run_files else args.scratch.resolve())
+    root = (args.root or REPO / "runs" / "experiments").resolve()
+    results = (args.results or root).resolve()
     runner = Runner(root, seeds, [] if args.full else ["--config", SHORT], extra,
                     dry=args.aggregate_only)
     if "balancers" in sets:
@@ -292,19 +366,21 @@ def main(argv: list[str] | None = None) -> None:
                              "configs/balancer/; give file names without .yaml.")
         if args.grid:
             plan.grid = tuple(tuple(float(v) for v in p.split(":")) for p in args.grid.split(","))
-        balancers(runner, plan, results)
+        balancers(study_runner, plan, study_results)
     if "architectures" in sets:
-        architectures(runner, results)
+        architectures(study_runner, study_results)
     readme = [s for s in sets if s not in ("balancers", "architectures")]
     if readme:
+        root.mkdir(parents=True, exist_ok=True)
         report, markdown = readme_sets(runner, readme)
         results.mkdir(parents=True, exist_ok=True)
         (results / "experiments.json").write_text(json.dumps(_json_safe(report), indent=2))
         (results / "experiments.md").write_text("\n".join(markdown))
         print("\n".join(markdown))
         print(f"Wrote {results / 'experiments.md'}")
-    if runner.failed:
-        print(f"Failed runs ({len(runner.failed)}): {', '.join(runner.failed)}")
+    failed = runner.failed + (study_runner.failed if study_sets else [])
+    if failed:
+        print(f"Failed runs ({len(failed)}): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ def test_pareto_plot_is_written(tmp_path: Path) -> None:
     path = study.draw_pareto(report, tmp_path / "pareto.png")
     assert path is not None and path.stat().st_size > 1000
     assert study.draw_pareto({"simplex": [], "test": {"methods": []}}, tmp_path / "x.png") is None
+    report["simplex"] = report["simplex"][:2]  # two points show no front: no plot yet
+    assert study.draw_pareto(report, tmp_path / "two.png") is None
 
 
 def test_a_run_is_finished_only_with_test_metrics(tmp_path: Path) -> None:
@@ -130,3 +132,119 @@ def test_runner_skips_finished_runs_and_goes_on_after_a_failure(
     assert calls[0][calls[0].index("--run_name") + 1] == "equal_seed1"
     assert runner.failed == ["equal_seed1"]
     assert (tmp_path / "equal_seed1.log").is_file()  # the failed run's output is kept
+
+
+def _records(root: Path) -> dict[str, set[str]]:
+    return {run.name: {p.name for p in run.iterdir()} for run in root.iterdir() if run.is_dir()}
+
+
+def test_study_runner_keeps_only_the_records_and_resumes_from_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's runs live in the repository as their records only; a finished run is never
+    run again, an interrupted one (left in the scratch folder) is run again from scratch."""
+    root, scratch = tmp_path / "runs", tmp_path / "scratch"
+    finished = {"single_classification_seed0", "equal_seed0"}
+    for name in finished:
+        _run(root, name, 0, dict.fromkeys(TASKS, 0.5))
+    interrupted = scratch / "equal_seed1"
+    interrupted.mkdir(parents=True)
+    (interrupted / "metrics.json").write_text(json.dumps({"val/segmentation/miou": 0.1}))
+    (interrupted / "stale.ckpt").write_text("x")
+    launched: list[str] = []
+
+    def fake_run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        name = command[command.index("--run_name") + 1]
+        assert name not in finished, f"{name} had finished and was run again"
+        run = Path(command[command.index("--trainer.default_root_dir") + 1]) / name
+        assert not run.exists(), "an interrupted run must start from an empty folder"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"test/segmentation/miou": 0.4}))
+        (run / "run.json").write_text(json.dumps({"fit/seconds": 1.0}))
+        (run / "config.yaml").write_text("seed_everything: 1\n")
+        (run / "last.ckpt").write_text("weights")
+        (run / "metrics.csv").write_text("step\n0\n")
+        launched.append(name)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_run)
+    runner = experiments.Runner(root, [0, 1], [], [], scratch=scratch)
+    runner.seeded("equal")
+    runner.seeded("single_classification", "single_classification")
+    assert launched == ["equal_seed1", "single_classification_seed1"]
+    records = _records(root)
+    assert records["equal_seed1"] == set(experiments.RECORDS)  # no checkpoint, no CSV log
+    assert records["single_classification_seed1"] == set(experiments.RECORDS)
+    assert study.finished(root / "equal_seed1")
+    assert not any(scratch.iterdir())  # the training folders are removed once copied
+    launched.clear()
+    experiments.Runner(root, [0, 1], [], [], scratch=scratch).seeded("equal")
+    assert launched == []  # a second sitting finds every run finished
+
+
+def test_a_failed_study_run_leaves_nothing_in_the_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, scratch = tmp_path / "runs", tmp_path / "scratch"
+
+    def fake_run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        run = Path(command[command.index("--trainer.default_root_dir") + 1]) / "mgda_seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"val/segmentation/miou": 0.1}))
+        return subprocess.CompletedProcess(command, -9)  # killed after a validation
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_run)
+    runner = experiments.Runner(root, [0], [], [], scratch=scratch)
+    runner.seeded("mgda")
+    assert runner.failed == ["mgda_seed0"]
+    assert not (root / "mgda_seed0").exists()
+    assert (scratch / "mgda_seed0.log").is_file()
+
+
+def test_the_repository_ignores_everything_of_a_study_run_but_its_records() -> None:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the .gitignore cannot be asked")
+
+    def ignored(path: str) -> bool:
+        result = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index",
+                                 f"benchmarks/study/runs/{path}"], check=False)
+        return result.returncode == 0
+
+    for name in experiments.RECORDS:
+        assert not ignored(f"equal_seed0/{name}")
+    for name in ("last.ckpt", "metrics.csv", "checkpoints/best.ckpt", "wandb/run.txt"):
+        assert ignored(f"equal_seed0/{name}")
+    assert ignored("equal_seed0.log")
+    assert experiments.STUDY_ROOT == REPO / "benchmarks" / "study" / "runs"
+
+
+def test_study_order_runs_every_run_once_most_informative_first() -> None:
+    plan = study.Plan([0, 1, 2])
+    order = experiments.study_order(plan)
+    names = [f"{name}_seed{seed}" for name, seed, _, _ in order]
+    assert len(names) == len(set(names)) == plan.expected_runs()
+    assert names[:9] == [f"single_{t}_seed{s}" for s in (0, 1, 2) for t in TASKS]
+    first = ["equal", *experiments.PRIORITY]
+    assert names[9:9 + 3 * len(first)] == [f"{b}_seed{s}" for s in (0, 1, 2) for b in first]
+    points = {f"{study.static_name(w)}_seed0" for w in plan.simplex()}
+    simplex = [n for n in names if n in points]
+    assert len(simplex) == 12 and all(n.endswith("_seed0") for n in simplex)
+    assert names.index("gradnorm_seed0") > names.index(simplex[-1])  # the rest come last
+    equal = next(args for name, seed, _, args in order if name == "equal")
+    assert equal == ("--model.balancer", "configs/balancer/equal.yaml")
+
+
+def test_one_seed_gives_no_paired_difference_and_every_finished_run_is_listed(
+        tmp_path: Path) -> None:
+    for task in TASKS:
+        _run(tmp_path, f"single_{task}_seed0", 0, {task: 0.5})
+    _run(tmp_path, "equal_seed0", 0, dict.fromkeys(TASKS, 0.5))
+    _run(tmp_path, "mgda_seed0", 0, dict.fromkeys(TASKS, 0.6))
+    (tmp_path / "mgda_seed0" / "run.json").write_text(json.dumps({"fit/seconds": 83.4}))
+    plan = study.Plan([0, 1], balancers=["equal", "mgda"], grid=((0.003, 0.05),),
+                      divisions=2)
+    text = study.markdown(study.aggregate(tmp_path, plan))
+    assert "5 of 13 runs finished (PARTIAL" in text
+    mgda = next(line for line in text.splitlines() if line.startswith("| mgda | 1 |"))
+    assert mgda.split(" | ")[6] == "-"  # one seed: no paired difference from equal
+    assert "| mgda_seed0 | 0.6000 | 0.6000 | 0.6000 | 83 |" in text
+    assert "| single_detection_seed0 | - | - | 0.5000 | - |" in text
+    assert "equal_tuned" not in text  # one grid point finished: no tuning to report

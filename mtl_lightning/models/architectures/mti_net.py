@@ -3,23 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
-from mtl_lightning.models.architectures.distillation import (
-    MultiModalDistillation,
-    distilled_tasks,
-    initial_head,
-    with_pyramid,
-)
-from mtl_lightning.models.architectures.hard import HardSharing
+from mtl_lightning.models.architectures.task_interaction import TaskInteractionDecoder
 from mtl_lightning.models.neck import Features
-from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.dense_decoders import conv_block
 
 
@@ -59,7 +49,7 @@ class InitialFeatures(nn.Module):
         return self.blocks(inputs)
 
 
-class MTINet(HardSharing):
+class MTINet(TaskInteractionDecoder):
     """Shared backbone and neck -> per-scale task features, propagated coarse to fine ->
     multi-modal distillation at every scale -> each task's head over the distilled scales.
 
@@ -86,41 +76,19 @@ class MTINet(HardSharing):
         deep_supervision_weight: weight of each task's initial prediction loss.
     """
 
-    def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
-                 neck_channels: int,
-                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None,
-                 deep_supervision_weight: float = 1.0) -> None:
-        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
-        self.deep_supervision_weight = float(deep_supervision_weight)
-        self.levels: dict[str, tuple[int, ...]] = {}
-        self.initial = nn.ModuleDict()
-        self.propagation = nn.ModuleList()
-        self.distillation = nn.ModuleList()
-        self.initial_heads = nn.ModuleDict()
-
-    def bind_tasks(self, tasks: Mapping[str, Task]) -> None:
-        self.levels = distilled_tasks(tasks, len(self.channels))
-        if not self.levels:
-            return
-        names, width, count = list(self.levels), self.pyramid_channels, len(self.channels)
-        # Every task has features at every scale: the coarser ones reach its finer ones.
+    def build_task_features(self, width: int, count: int) -> None:
+        """Every task gets features at every scale (the coarser ones reach its finer ones),
+        and a propagation module joins each scale to the next finer one."""
         self.initial = nn.ModuleDict({
             name: nn.ModuleList(InitialFeatures(width, propagated=level < count - 1)
                                 for level in range(count))
-            for name in names})
-        self.propagation = nn.ModuleList(FeaturePropagation(names, width)
+            for name in self.levels})
+        self.propagation = nn.ModuleList(FeaturePropagation(list(self.levels), width)
                                          for _ in range(count - 1))
-        self.distillation = nn.ModuleList(
-            MultiModalDistillation([n for n in names if level in self.levels[n]], width)
-            for level in range(count))
-        self.initial_heads = nn.ModuleDict({n: initial_head(tasks[n]) for n in names})
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        features = super().forward(image)
-        self.deep_supervision = {}
-        if not self.levels:
-            return features
-        shared = next(iter(features.values()))
+    def initial_features(self, shared: Features) -> dict[str, list[torch.Tensor]]:
+        """``F_t^s`` at every scale, coarsest first, each finer one reading the propagated
+        coarser features."""
         count = len(shared.pyramid)
         own: dict[str, list[torch.Tensor]] = {name: [None] * count for name in self.levels}
         propagated: dict[str, torch.Tensor] | None = None
@@ -133,30 +101,7 @@ class MTINet(HardSharing):
                 coarser = {name: own[name][level] for name in self.levels}
                 finer = tuple(shared.pyramid[level - 1].shape[-2:])
                 propagated = self.propagation[level - 1](coarser, finer)
-        size = (image.shape[-2], image.shape[-1])
-        if self.training:
-            self.deep_supervision = {
-                name: [(self.deep_supervision_weight,
-                        head(with_pyramid(shared, own[name]), size))]
-                for name, head in self.initial_heads.items()}
-        final = {name: list(pyramid) for name, pyramid in own.items()}
-        for level, distil in enumerate(self.distillation):
-            if distil.tasks:
-                out = distil({name: own[name][level] for name in distil.tasks})
-                for name in distil.tasks:
-                    final[name][level] = out[name]
-        for name, pyramid in final.items():
-            features[name] = with_pyramid(shared, pyramid)
-        return features
+        return own
 
-    def roles(self) -> ParameterRoles:
-        """Task features and propagation feed every task: shared. A task's initial head and
-        the messages it receives: that task's."""
-        roles = super().roles()
-        roles.shared += list(self.initial.parameters()) + list(self.propagation.parameters())
-        roles.per_task = {
-            name: list(self.initial_heads[name].parameters())
-            + [p for distil in self.distillation if name in distil.tasks
-               for p in distil.parameters_of(name)]
-            for name in self.levels}
-        return roles
+    def task_feature_parameters(self) -> list[nn.Parameter]:
+        return list(self.initial.parameters()) + list(self.propagation.parameters())

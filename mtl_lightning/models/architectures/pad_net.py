@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
-from mtl_lightning.models.architectures.distillation import (
-    MultiModalDistillation,
-    distilled_tasks,
-    initial_head,
-    task_features,
-    with_pyramid,
-)
-from mtl_lightning.models.architectures.hard import HardSharing
+from mtl_lightning.models.architectures.distillation import task_features
+from mtl_lightning.models.architectures.task_interaction import TaskInteractionDecoder
 from mtl_lightning.models.neck import Features
-from mtl_lightning.tasks.base import Task
 
 
-class PADNet(HardSharing):
+class PADNet(TaskInteractionDecoder):
     """Shared backbone and neck -> per-task features and initial predictions -> multi-modal
     distillation -> each task's head (the final prediction).
 
@@ -44,64 +34,19 @@ class PADNet(HardSharing):
             choice of equal weights for the intermediate and final losses).
     """
 
-    def __init__(self, tasks: list[str], make_backbone: BackboneFactory,
-                 neck_channels: int,
-                 pyramid_levels: dict[str, tuple[int, ...] | None] | None = None,
-                 deep_supervision_weight: float = 1.0) -> None:
-        super().__init__(tasks, make_backbone, neck_channels, pyramid_levels)
-        self.deep_supervision_weight = float(deep_supervision_weight)
-        self.levels: dict[str, tuple[int, ...]] = {}
-        self.branches = nn.ModuleDict()
-        self.initial_heads = nn.ModuleDict()
-        self.distillation = nn.ModuleList()
+    def build_task_features(self, width: int, count: int) -> None:
+        """Two conv blocks per task and level it reads."""
+        self.branches = nn.ModuleDict({
+            name: nn.ModuleDict({str(j): task_features(width) for j in levels})
+            for name, levels in self.levels.items()})
 
-    def bind_tasks(self, tasks: Mapping[str, Task]) -> None:
-        self.levels = distilled_tasks(tasks, len(self.channels))
-        width = self.pyramid_channels
-        for name, levels in self.levels.items():
-            self.branches[name] = nn.ModuleDict({str(j): task_features(width) for j in levels})
-            self.initial_heads[name] = initial_head(tasks[name])
-        for level in range(len(self.channels)):
-            self.distillation.append(MultiModalDistillation(self._reading(level), width))
-
-    def _reading(self, level: int) -> list[str]:
-        return [name for name, levels in self.levels.items() if level in levels]
-
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        features = super().forward(image)
-        self.deep_supervision = {}
-        if not self.levels:
-            return features
-        shared = next(iter(features.values()))
+    def initial_features(self, shared: Features) -> dict[str, list[torch.Tensor]]:
+        """``F_t = B_t(P)`` at the levels task ``t`` reads; the shared maps elsewhere."""
         own = {name: list(shared.pyramid) for name in self.levels}
         for name, branches in self.branches.items():
             for level, branch in branches.items():
                 own[name][int(level)] = branch(shared.pyramid[int(level)])
-        size = (image.shape[-2], image.shape[-1])
-        if self.training:
-            self.deep_supervision = {
-                name: [(self.deep_supervision_weight,
-                        head(with_pyramid(shared, own[name]), size))]
-                for name, head in self.initial_heads.items()}
-        final = {name: list(pyramid) for name, pyramid in own.items()}
-        for level, distil in enumerate(self.distillation):
-            reading = self._reading(level)
-            if reading:
-                out = distil({name: own[name][level] for name in reading})
-                for name in reading:
-                    final[name][level] = out[name]
-        for name, pyramid in final.items():
-            features[name] = with_pyramid(shared, pyramid)
-        return features
+        return own
 
-    def roles(self) -> ParameterRoles:
-        """The task branches feed every task (through distillation): shared. A task's
-        initial head and the messages it receives: that task's."""
-        roles = super().roles()
-        roles.shared += list(self.branches.parameters())
-        roles.per_task = {
-            name: list(self.initial_heads[name].parameters())
-            + [p for distil in self.distillation if name in distil.tasks
-               for p in distil.parameters_of(name)]
-            for name in self.levels}
-        return roles
+    def task_feature_parameters(self) -> list[nn.Parameter]:
+        return list(self.branches.parameters())
