@@ -10,7 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.base import (
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
 from mtl_lightning.models.architectures.distillation import (
     MultiModalDistillation,
     distilled_tasks,
@@ -18,7 +22,6 @@ from mtl_lightning.models.architectures.distillation import (
     with_pyramid,
 )
 from mtl_lightning.models.architectures.hard import HardSharing
-from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
 from mtl_lightning.tasks.dense_decoders import conv_block
 
@@ -115,11 +118,11 @@ class MTINet(HardSharing):
             for level in range(count))
         self.initial_heads = nn.ModuleDict({n: initial_head(tasks[n]) for n in names})
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        features = super().forward(image)
-        self.deep_supervision = {}
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        output = super().forward(image)
         if not self.levels:
-            return features
+            return output
+        features = output.features
         shared = next(iter(features.values()))
         count = len(shared.pyramid)
         own: dict[str, list[torch.Tensor]] = {name: [None] * count for name in self.levels}
@@ -135,7 +138,7 @@ class MTINet(HardSharing):
                 propagated = self.propagation[level - 1](coarser, finer)
         size = (image.shape[-2], image.shape[-1])
         if self.training:
-            self.deep_supervision = {
+            output.deep_supervision = {
                 name: [(self.deep_supervision_weight,
                         head(with_pyramid(shared, own[name]), size))]
                 for name, head in self.initial_heads.items()}
@@ -147,7 +150,7 @@ class MTINet(HardSharing):
                     final[name][level] = out[name]
         for name, pyramid in final.items():
             features[name] = with_pyramid(shared, pyramid)
-        return features
+        return output
 
     def roles(self) -> ParameterRoles:
         """Task features and propagation feed every task: shared. A task's initial head and

@@ -7,7 +7,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.base import (
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
 from mtl_lightning.models.architectures.distillation import (
     MultiModalDistillation,
     distilled_tasks,
@@ -16,7 +20,6 @@ from mtl_lightning.models.architectures.distillation import (
     with_pyramid,
 )
 from mtl_lightning.models.architectures.hard import HardSharing
-from mtl_lightning.models.neck import Features
 from mtl_lightning.tasks.base import Task
 
 
@@ -67,11 +70,11 @@ class PADNet(HardSharing):
     def _reading(self, level: int) -> list[str]:
         return [name for name, levels in self.levels.items() if level in levels]
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        features = super().forward(image)
-        self.deep_supervision = {}
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        output = super().forward(image)
         if not self.levels:
-            return features
+            return output
+        features = output.features
         shared = next(iter(features.values()))
         own = {name: list(shared.pyramid) for name in self.levels}
         for name, branches in self.branches.items():
@@ -79,7 +82,7 @@ class PADNet(HardSharing):
                 own[name][int(level)] = branch(shared.pyramid[int(level)])
         size = (image.shape[-2], image.shape[-1])
         if self.training:
-            self.deep_supervision = {
+            output.deep_supervision = {
                 name: [(self.deep_supervision_weight,
                         head(with_pyramid(shared, own[name]), size))]
                 for name, head in self.initial_heads.items()}
@@ -92,7 +95,7 @@ class PADNet(HardSharing):
                     final[name][level] = out[name]
         for name, pyramid in final.items():
             features[name] = with_pyramid(shared, pyramid)
-        return features
+        return output
 
     def roles(self) -> ParameterRoles:
         """The task branches feed every task (through distillation): shared. A task's
