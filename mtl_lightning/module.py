@@ -437,8 +437,8 @@ class MultiTaskModule(LightningModule):
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Lightning's backward hook. ``loss`` arrives divided by the accumulation factor and
         multiplied by the loss scale (16-mixed). A loss weighting back-propagates it; a
-        gradient weighting runs its own backward (:meth:`GradientWeighting.backward
-        <mtl_lightning.balancing.GradientWeighting.backward>`) with the same factor, so that
+        gradient weighting runs its own backward (``GradientWeighting.backward``, see
+        :mod:`mtl_lightning.balancing.gradient_weighting`) with the same factor, so that
         unscaling, clipping and accumulation work as usual, and completes the step's record
         with the weights."""
         awaiting, self._awaiting_backward = self._awaiting_backward, None
