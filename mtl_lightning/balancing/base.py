@@ -117,7 +117,8 @@ class Balancer(nn.Module):
         """Called once at the end of every training epoch (epoch-based methods such as DWA)."""
 
     def after_optimizer_step(self, recompute: Callable[[], TaskLosses]) -> None:
-        """Called after every optimizer step the model took (not after a skipped one).
+        """Called after every optimizer step (once per ``accumulate_grad_batches`` batches),
+        unless the step's batch gave no loss (nothing labelled, a non-finite loss).
 
         A method that compares the losses before and after the step (FAMO) updates its state
         here. ``recompute()`` returns the task losses of the step's batch under the updated
