@@ -84,7 +84,7 @@ class InferenceModel(nn.Module):
     def named_outputs(self, image: torch.Tensor) -> Outputs:
         """Outputs for ``image`` in [0, 1] (normalised here, as in training)."""
         image = self.normalize(image)
-        features = self.architecture(image)
+        features = self.architecture(image).features
         size = (image.shape[-2], image.shape[-1])
         named: Outputs = {}
         for name, task in self.tasks.items():

@@ -6,18 +6,26 @@ once, each task's head, loss and metrics; the balancer turns task losses into on
 AdamW with warm-up + cosine (timm's factories) optimises it.
 
 Balancing stays inside Lightning's automatic optimisation, so gradient clipping, gradient
-accumulation, precision plugins and schedulers work unchanged for every method:
+accumulation, precision plugins and schedulers work unchanged for every method. One training
+step, in the order Lightning runs it (:meth:`MultiTaskModule.training_step` tells it in full):
 
-- a loss weighting (static, uncertainty, DWA, ...) returns ``sum_t w_t L_t`` from
-  ``training_step`` and Lightning back-propagates it;
-- a gradient weighting (MGDA, PCGrad, UPGrad, ...) needs each task's gradient: the step keeps
-  the task losses, and :meth:`MultiTaskModule.backward` (the hook Lightning calls with the
-  loss-scaled loss) computes the task gradients, their weights and the combined gradient
-  (:mod:`mtl_lightning.balancing.task_gradients`).
+1. ``training_step``: the forward pass gives each task's loss and the representation the
+   architecture returned with its features; the losses are made global; then
+   - a loss weighting (static, uncertainty, DWA, ...) combines them into
+     ``sum_t w_t L_t``, which Lightning back-propagates;
+   - a gradient weighting (MGDA, PCGrad, UPGrad, ...) hands them to ``backward``;
+2. ``backward`` (Lightning's hook, with the loss-scaled loss): the ordinary backward, or the
+   gradient weighting's own (:meth:`~mtl_lightning.balancing.GradientWeighting.backward`:
+   task gradients, weights, the combined gradient written to ``.grad``);
+3. ``on_before_optimizer_step``: a non-finite gradient skips the step;
+4. Lightning clips and steps; ``on_train_batch_end`` logs the step's
+   :class:`~mtl_lightning.balancing.BalancingRecord` (returned by the step, completed by a
+   gradient weighting's backward) and calls the balancer's ``after_optimizer_step``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -29,20 +37,17 @@ from torch import nn
 
 from mtl_lightning.balancing import (
     Balancer,
+    BalancingRecord,
+    GradientStatistics,
     GradientWeighting,
     LossWeighting,
     StaticWeighting,
     TaskLosses,
 )
-from mtl_lightning.balancing.task_gradients import (
-    SharedStructure,
-    TaskGradients,
-    compute_task_gradients,
-    write_combined_gradients,
-)
+from mtl_lightning.balancing.task_gradients import SharedStructure, compute_task_gradients
 from mtl_lightning.metrics import delta_m, lower_is_better_of
 from mtl_lightning.models import Backbone
-from mtl_lightning.models.architectures import build_architecture
+from mtl_lightning.models.architectures import ArchitectureOutput, build_architecture
 from mtl_lightning.models.input_normalization import InputNormalization, fill_legacy_statistics
 from mtl_lightning.models.param_groups import optimizer_param_groups
 from mtl_lightning.tasks import build_task, trained_tasks
@@ -75,6 +80,19 @@ def checkpoint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 class NonFiniteLossError(ValueError):
     """A NaN or infinite loss or gradient stopped the run (``nonfinite_policy="stop"``)."""
+
+
+@dataclass
+class AwaitingBackward:
+    """A gradient weighting's step between ``training_step`` and ``backward``: the task
+    losses (with their graph), the representation of the same forward pass, and the record
+    the step returned, which the backward completes with the weights."""
+
+    losses: TaskLosses
+    representation: list[torch.Tensor]
+    record: BalancingRecord
+
+
 STAGES = ("train", "val", "test")
 
 
@@ -273,9 +291,8 @@ class MultiTaskModule(LightningModule):
             self.architecture.compile()
             for task in self.tasks.values():
                 task.compile()
-        self._pending: TaskLosses | None = None  # task losses awaiting a gradient weighting
-        self._balance_log: dict[str, torch.Tensor] = {}
-        self.gradient_conflict: tuple[tuple[str, ...], torch.Tensor] | None = None
+        # The one piece of step state kept between hooks (see ``training_step``).
+        self._awaiting_backward: AwaitingBackward | None = None
         if nonfinite_policy not in ("skip", "stop"):
             raise ValueError(
                 f"model.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}."
@@ -287,12 +304,19 @@ class MultiTaskModule(LightningModule):
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         """Raw outputs of every task head for a batch of images in [0, 1] (normalised here
         with the backbone's statistics)."""
+        return self.run_network(image)[0]
+
+    def run_network(self, image: torch.Tensor) -> tuple[dict[str, Any], ArchitectureOutput]:
+        """:meth:`forward`'s outputs, and what the architecture returned with the features
+        the heads read: the representation a gradient balancer differentiates through and
+        any deep-supervision predictions (a training step needs both)."""
         image = self.normalize(image)
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        features = self.architecture(image)
+        shared = self.architecture(image)
         size = (image.shape[-2], image.shape[-1])
-        return {name: task(features[name], size) for name, task in self.tasks.items()}
+        outputs = {name: task(shared.features[name], size) for name, task in self.tasks.items()}
+        return outputs, shared
 
     def predict_tasks(self, image: torch.Tensor) -> list[dict[str, Any]]:
         """Post-processed predictions, one dict ``{task: prediction}`` per image."""
@@ -306,19 +330,28 @@ class MultiTaskModule(LightningModule):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Each task's loss (mean over its labelled samples) and its labelled-sample count;
         metrics are updated on the way."""
-        outputs = self(batch["image"])
+        losses, counts, _ = self._losses_and_representation(batch, stage, update_metrics)
+        return losses, counts
+
+    def _losses_and_representation(
+        self, batch: Batch, stage: str, update_metrics: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
+        """:meth:`_task_losses`, and the representation of the same forward pass (what a
+        gradient balancer differentiates through). A task's loss includes its deep
+        supervision (``weight * loss`` of each extra prediction the architecture made)."""
+        outputs, shared = self.run_network(batch["image"])
         losses: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
             has, target = self.task_labels(batch, name)
             losses[name] = task.loss(outputs[name], target, has)
-            for weight, initial in self.architecture.deep_supervision.get(name, ()):
+            for weight, initial in shared.deep_supervision.get(name, ()):
                 losses[name] = losses[name] + weight * task.loss(initial, target, has)
             counts[name] = has.sum()
             key = f"{stage}_{name}"
             if key in self.metrics and update_metrics:
                 task.update_metrics(self.metrics[key], outputs[name], target, has)
-        return losses, counts
+        return losses, counts, shared.representation
 
     def _evaluate(self, batch: Batch, stage: str) -> dict[str, Any]:
         """Validation and test: one forward pass, every task's metric update and, with
@@ -339,9 +372,7 @@ class MultiTaskModule(LightningModule):
                 task.update_metrics(self.metrics[key], outputs[name], target, has)
             if not self.hparams.get("validation_losses", True):
                 continue
-            loss = task.loss(outputs[name], target, has)
-            for weight, initial in self.architecture.deep_supervision.get(name, ()):
-                loss = loss + weight * task.loss(initial, target, has)
+            loss = task.loss(outputs[name], target, has)  # no deep supervision in eval mode
             losses.append(loss)
             if bool(has.any()):
                 self.log(f"{stage}/{name}/loss", loss.detach(), on_epoch=True, batch_size=size,
@@ -367,9 +398,30 @@ class MultiTaskModule(LightningModule):
             return torch.zeros(len(batch["image"]), dtype=torch.bool, device=self.device)
         return has
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
+        """One training step, as Lightning runs it (automatic optimisation):
+
+        1. here: the forward pass gives each task's loss on this process, its labelled count
+           and the representation the architecture returned; the losses are made global
+           (:class:`~mtl_lightning.balancing.TaskLosses`, one all-reduce under DDP);
+        2. here: no labelled sample anywhere, or a non-finite loss: no update (returns
+           ``None``; ``nonfinite_policy`` says whether the run goes on);
+        3. here: balance. A loss weighting combines the losses into the loss Lightning
+           back-propagates. A gradient weighting's update needs each task's gradient: the
+           losses wait for :meth:`backward`, where the balancer writes the gradients;
+        4. :meth:`backward` (with the loss Lightning scaled), :meth:`on_before_optimizer_step`
+           (a non-finite gradient skips the step), clipping and the optimizer step;
+        5. :meth:`on_train_batch_end` logs the step's record and calls the balancer's
+           ``after_optimizer_step``.
+
+        Returns ``{"loss": ..., "balancing": BalancingRecord}``; Lightning passes the dict on
+        to every ``on_train_batch_end`` hook as ``outputs`` (the gradient-conflict heatmap
+        reads the statistics there).
+        """
         every = max(1, int(self.hparams.get("train_metrics_every", 1)))
-        local, counts = self._task_losses(batch, "train", update_metrics=batch_idx % every == 0)
+        local, counts, representation = self._losses_and_representation(
+            batch, "train", update_metrics=batch_idx % every == 0)
         losses = TaskLosses.gather(local, counts)  # global values; one all-reduce under DDP
         size = len(batch["image"])
         if not losses.tasks:
@@ -387,42 +439,40 @@ class MultiTaskModule(LightningModule):
         for name, value in losses.values.items():
             self.log(f"train/{name}/loss", value, on_step=True, batch_size=size)
         step = self.global_step
+        record = BalancingRecord()
         if isinstance(self.balancer, GradientWeighting):
-            # The update is made in ``backward``; the loss returned here carries the graph.
-            self._pending = losses
-            total = sum(losses.share[t] * losses.local[t] for t in losses.tasks)
-            self.log("train/mtl/loss", total.detach(), on_step=True, prog_bar=True,
-                     batch_size=size)
-            return total
-        combination = self.balancer.combine(losses, step)
-        self._balance_log = {f"weight/{t}": w for t, w in combination.weights.items()}
-        if self.balancer.wants_statistics(step):
-            source = ("representation" if self.architecture.shares_representation
-                      else "parameters")
-            gradients = compute_task_gradients(
-                losses, self._shared_structure(), source, self._loss_scale(),
-                retain_graph=True)
-            self._record_statistics(gradients)
-        self.log("train/mtl/loss", combination.value, on_step=True, prog_bar=True,
-                 batch_size=size)
-        return combination.loss
+            # The one hand-off Lightning forces: it zeroes the gradients *after*
+            # training_step and gives ``backward`` only the loss, so the gradient weighting
+            # runs in ``backward`` and the task losses wait in this attribute until then.
+            self._awaiting_backward = AwaitingBackward(losses, representation, record)
+            loss = sum(losses.share[t] * losses.local[t] for t in losses.tasks)
+            value = loss.detach()
+        else:
+            combination = self.balancer.combine(losses, step)
+            loss, value = combination.loss, combination.value
+            record.weights = dict(combination.weights)
+            if self.balancer.wants_statistics(step):
+                record.statistics = self._statistics(losses, representation)
+        self.log("train/mtl/loss", value, on_step=True, prog_bar=True, batch_size=size)
+        return {"loss": loss, "balancing": record}
 
-    def _skip_step(self, reason: str) -> None:
-        """Apply ``nonfinite_policy`` to a step that must not reach the weights."""
-        hint = ("lower model.lr, keep trainer.gradient_clip_val, or try precision 32-true; "
-                "resume from the last checkpoint with --ckpt_path")
-        if self.hparams.nonfinite_policy == "stop":
-            raise NonFiniteLossError(f"Stopped: {reason}; {hint}.")
-        self.skipped_steps += 1
-        self._consecutive_skips += 1
-        self._pending = None
-        self.log("train/mtl/skipped_steps", float(self.skipped_steps), on_step=True)
-        if self._consecutive_skips > self.hparams.max_consecutive_skips:
-            raise NonFiniteLossError(
-                f"Stopped after {self._consecutive_skips} skipped steps in a row: {reason}; {hint}."
-            )
-        rank_zero_warn(f"Skipped the step: {reason} (model.nonfinite_policy=skip).")
-        return None
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's backward hook. ``loss`` arrives divided by the accumulation factor and
+        multiplied by the loss scale (16-mixed). A loss weighting back-propagates it; a
+        gradient weighting runs its own backward (``GradientWeighting.backward``, see
+        :mod:`mtl_lightning.balancing.gradient_weighting`) with the same factor, so that
+        unscaling, clipping and accumulation work as usual, and completes the step's record
+        with the weights."""
+        awaiting, self._awaiting_backward = self._awaiting_backward, None
+        if awaiting is None:
+            super().backward(loss, *args, **kwargs)
+            return
+        assert isinstance(self.balancer, GradientWeighting)  # only such steps wait
+        scale = self._loss_scale() / self.trainer.accumulate_grad_batches
+        done = self.balancer.backward(awaiting.losses,
+                                      self._shared_structure(awaiting.representation),
+                                      scale, self.global_step)
+        awaiting.record.weights, awaiting.record.statistics = done.weights, done.statistics
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """Gradients that are not finite (with a finite loss) never reach the weights: the
@@ -439,40 +489,61 @@ class MultiTaskModule(LightningModule):
         for param in self.parameters():
             param.grad = None
 
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Lightning's backward hook. ``loss`` arrives divided by the accumulation factor and
-        multiplied by the loss scale (16-mixed); a gradient weighting applies the same factor
-        to the combined gradient it writes, so clipping and unscaling work as usual."""
-        losses, self._pending = self._pending, None
-        if losses is None or not isinstance(self.balancer, GradientWeighting):
-            super().backward(loss, *args, **kwargs)
-            return
-        scale = self._loss_scale() / self.trainer.accumulate_grad_batches
-        structure = self._shared_structure()
-        gradients = compute_task_gradients(losses, structure, self.balancer.source, scale)
-        if torch.isfinite(gradients.gramian).all():
-            update = self.balancer.update(gradients, losses, self.global_step)
-            weights, combined = update.weights, update.combined
-        else:  # overflow under 16-mixed: the scaler will skip this step and lower the scale
-            weights, combined = torch.ones(len(losses.tasks)), None
-        write_combined_gradients(gradients, weights, structure, scale, combined)
-        self.architecture.representation = []
-        self._balance_log = {f"weight/{t}": w.detach().float().cpu()
-                             for t, w in zip(losses.tasks, weights)}
-        if self.balancer.wants_statistics(self.global_step):
-            self._record_statistics(gradients)
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        """After the optimizer step: log the step's balancing record (``train/mtl/...``) and
+        give the balancer its ``after_optimizer_step`` (FAMO's same-batch update), with the
+        batch's losses recomputed only if it asks for them."""
+        if not outputs:
+            return  # training_step took no step (nothing labelled, a non-finite loss)
+        for key, value in outputs["balancing"].scalars().items():
+            self.log(f"train/mtl/{key}", value, on_step=True, batch_size=len(batch["image"]))
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # the optimizer stepped
+            self.balancer.after_optimizer_step(lambda: self._losses_after_step(batch))
+
+    def _losses_after_step(self, batch: Batch) -> TaskLosses:
+        """The batch's global task losses under the weights the step just updated."""
+        with torch.no_grad():
+            local, counts = self._task_losses(batch, "after_step")
+        return TaskLosses.gather(local, counts)
+
+    def _skip_step(self, reason: str) -> None:
+        """Apply ``nonfinite_policy`` to a step that must not reach the weights."""
+        hint = ("lower model.lr, keep trainer.gradient_clip_val, or try precision 32-true; "
+                "resume from the last checkpoint with --ckpt_path")
+        if self.hparams.nonfinite_policy == "stop":
+            raise NonFiniteLossError(f"Stopped: {reason}; {hint}.")
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        self._awaiting_backward = None
+        self.log("train/mtl/skipped_steps", float(self.skipped_steps), on_step=True)
+        if self._consecutive_skips > self.hparams.max_consecutive_skips:
+            raise NonFiniteLossError(
+                f"Stopped after {self._consecutive_skips} skipped steps in a row: {reason}; {hint}."
+            )
+        rank_zero_warn(f"Skipped the step: {reason} (model.nonfinite_policy=skip).")
+        return None
+
+    def _statistics(self, losses: TaskLosses,
+                    representation: list[torch.Tensor]) -> GradientStatistics:
+        """Gradient statistics on a loss-weighting step (one extra backward per task through
+        the layers above the trunk; the graph is kept for Lightning's backward)."""
+        source = "representation" if self.architecture.shares_representation else "parameters"
+        gradients = compute_task_gradients(losses, self._shared_structure(representation),
+                                           source, self._loss_scale(), retain_graph=True)
+        return GradientStatistics.of(gradients)
 
     def _loss_scale(self) -> float:
         """The 16-mixed loss scale Lightning's precision plugin applies (1 otherwise)."""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         return float(scaler.get_scale()) if scaler is not None else 1.0
 
-    def _shared_structure(self) -> SharedStructure:
-        """Which parameters are the trunk, which are shared above the representation, and
-        which belong to one task (see :mod:`mtl_lightning.balancing.task_gradients`)."""
+    def _shared_structure(self, representation: list[torch.Tensor]) -> SharedStructure:
+        """Which tensors are the ``representation`` (of a forward pass), which parameters the
+        trunk, which are shared above it, and which belong to one task (see
+        :mod:`mtl_lightning.balancing.task_gradients`)."""
         roles = self.architecture.roles()
         return SharedStructure(
-            representation=self.architecture.representation,
+            representation=representation,
             trunk=roles.trunk,
             shared=roles.shared,
             task_parameters={name: list(task.parameters()) + roles.per_task.get(name, [])
@@ -488,28 +559,6 @@ class MultiTaskModule(LightningModule):
     def neck(self) -> nn.Module:
         """The shared neck (hard sharing and MTAN)."""
         return self.architecture.neck
-
-    def _record_statistics(self, gradients: TaskGradients) -> None:
-        """Per-task gradient norms and pairwise cosines, logged at the next batch end."""
-        norms, cosine = gradients.statistics()
-        tasks = gradients.tasks
-        self.gradient_conflict = (tasks, cosine.float().cpu())
-        for i, task in enumerate(tasks):
-            self._balance_log[f"grad_norm/{task}"] = norms[i].float().cpu()
-            for j in range(i + 1, len(tasks)):
-                self._balance_log[f"cosine/{task}__{tasks[j]}"] = cosine[i, j].float().cpu()
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        for key, value in self._balance_log.items():
-            self.log(f"train/mtl/{key}", value, on_step=True, batch_size=len(batch["image"]))
-        self._balance_log = {}
-        after_step = getattr(self.balancer, "after_step", None)
-        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        if (after_step is not None and stepped and outputs is not None
-                and self.balancer.update == "same_batch"):
-            with torch.no_grad():  # FAMO: the same batch's losses after the step
-                local, counts = self._task_losses(batch, "after_step")
-            after_step(TaskLosses.gather(local, counts))
 
     def on_train_start(self) -> None:
         """A gradient weighting averages the task gradients over processes itself (before

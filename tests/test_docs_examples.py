@@ -114,7 +114,7 @@ def test_the_guides_balancers_compute_their_formulas() -> None:
     torch.testing.assert_close(weights, torch.tensor([0.5, 2.0]))
 
 
-@pytest.mark.parametrize("name", ["ScaleInvariant", "UnitNormGradients"])
+@pytest.mark.parametrize("name", ["ScaleInvariant", "UnitNormGradients", "SlowestTaskFirst"])
 def test_the_guides_balancers_train(name, tiny_scenes, tmp_path) -> None:
     model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16,
                             tasks={"classification": None, "segmentation": None},
@@ -128,6 +128,8 @@ def test_the_guides_balancers_train(name, tiny_scenes, tmp_path) -> None:
     for task in ("classification", "segmentation"):
         assert math.isfinite(metrics[f"train/mtl/weight/{task}"]) and metrics[
             f"train/mtl/weight/{task}"] > 0
+    if name == "SlowestTaskFirst":  # its after-optimizer-step hook measured both tasks
+        assert set(model.balancer.log_ratios) == {"classification", "segmentation"}
 
 
 def test_the_guides_architecture_trains_with_a_representation_balancer(

@@ -94,8 +94,7 @@ class Encoder(nn.Module):
         images = self.normalize(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        self.architecture.representation = []  # kept only for representation balancers
-        return self.architecture(images)
+        return self.architecture(images).features
 
 
 class Decoder(nn.Module):

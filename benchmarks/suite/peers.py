@@ -51,10 +51,12 @@ PYRAMID_CLASSIFIER = ("--model.tasks={classification: {features: pyramid}, segme
                       "detection: null}")
 
 
-def task_losses(model: MultiTaskModule, batch: dict) -> tuple[dict, dict, list]:
-    """Each task's loss and labelled count, and the pyramid maps the heads read."""
+def task_losses(model: MultiTaskModule, batch: dict) -> tuple[dict, dict, list, list]:
+    """Each task's loss and labelled count, the pyramid maps the heads read and the
+    representation the architecture returned with them."""
     image = batch["image"]
-    features = model.architecture(image)
+    shared = model.architecture(image)
+    features = shared.features
     size = (image.shape[-2], image.shape[-1])
     losses, counts = {}, {}
     for name, task in model.tasks.items():
@@ -62,7 +64,7 @@ def task_losses(model: MultiTaskModule, batch: dict) -> tuple[dict, dict, list]:
         losses[name] = task.loss(task(features[name], size), target, has)
         counts[name] = has.sum()
     pyramid = next(iter(features.values())).pyramid
-    return losses, counts, pyramid
+    return losses, counts, pyramid, shared.representation
 
 
 class UPGradStep:
@@ -94,13 +96,12 @@ class OursUPGrad(UPGradStep):
     def gradients(self, batch: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_for(self.precision, self.device):
-            local, counts, _ = task_losses(self.model, batch)
+            local, counts, _, representation = task_losses(self.model, batch)
         losses = TaskLosses.gather(local, counts)
-        structure = self.model._shared_structure()
+        structure = self.model._shared_structure(representation)
         task_gradients = compute_task_gradients(losses, structure, "parameters", 1.0)
         weights = self.balancer.weights(task_gradients.gramian, losses, 0)
         write_combined_gradients(task_gradients, weights, structure, 1.0)
-        self.model.architecture.representation = []
 
 
 class TheirsUPGrad(UPGradStep):
@@ -122,11 +123,10 @@ class TheirsUPGrad(UPGradStep):
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_for(self.precision, self.device):
-            losses, _, pyramid = task_losses(self.model, batch)
+            losses, _, pyramid, _ = task_losses(self.model, batch)
         mtl_backward(list(losses.values()), features=pyramid, tasks_params=self.heads,
                      shared_params=self.shared)
         jac_to_grad(self.shared, self.aggregator)
-        self.model.architecture.representation = []
 
 
 def max_gradient_difference(ours: OursUPGrad, theirs: TheirsUPGrad, batch: dict) -> float:

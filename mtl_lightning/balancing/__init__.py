@@ -34,15 +34,17 @@ from mtl_lightning.balancing.jacobian_aggregation import JacobianAggregation
 from mtl_lightning.balancing.loss_weighting import Combination, LossWeighting
 from mtl_lightning.balancing.moco import MoCo
 from mtl_lightning.balancing.random_weighting import RandomLossWeighting
+from mtl_lightning.balancing.record import BalancingRecord, GradientStatistics
 from mtl_lightning.balancing.smooth_tchebycheff import SmoothTchebycheff
 from mtl_lightning.balancing.static import StaticWeighting
 from mtl_lightning.balancing.uncertainty import UncertaintyWeighting
 
 __all__ = [
-    "CRMOGM", "DBMTL", "IMTLG", "MGDA", "PCD", "AlignedMTL", "Balancer", "CAGrad",
-    "Combination", "ConFIG",
+    "CRMOGM", "DBMTL", "IMTLG", "MGDA", "PCD", "AlignedMTL", "Balancer", "BalancingRecord",
+    "CAGrad", "Combination", "ConFIG",
     "DualProj", "DynamicWeightAverage", "ExcessMTL", "FairGrad", "FastAdaptiveMultitask",
-    "GeometricLossStrategy", "GradDrop", "GradNorm", "GradVac", "GradientWeighting",
+    "GeometricLossStrategy", "GradDrop", "GradNorm", "GradVac", "GradientStatistics",
+    "GradientWeighting",
     "ImpartialLossWeighting", "JacobianAggregation", "LossWeighting", "MoCo", "NashMTL", "PCGrad",
     "RandomLossWeighting", "SDMGrad", "SmoothTchebycheff", "StaticWeighting", "TaskLosses",
     "TorchjdWeighting", "UPGrad", "UncertaintyWeighting",

@@ -18,7 +18,7 @@ process with B samples, partial labels included.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +115,16 @@ class Balancer(nn.Module):
 
     def on_train_epoch_end(self) -> None:
         """Called once at the end of every training epoch (epoch-based methods such as DWA)."""
+
+    def after_optimizer_step(self, recompute: Callable[[], TaskLosses]) -> None:
+        """Called after every optimizer step (once per ``accumulate_grad_batches`` batches),
+        unless the step's batch gave no loss (nothing labelled, a non-finite loss).
+
+        A method that compares the losses before and after the step (FAMO) updates its state
+        here. ``recompute()`` returns the task losses of the step's batch under the updated
+        weights (one more forward pass, no backward; the module runs it without gradients):
+        call it only if the method needs them. The default does nothing.
+        """
 
     @staticmethod
     @contextlib.contextmanager

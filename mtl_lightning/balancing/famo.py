@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -86,6 +87,12 @@ class FastAdaptiveMultitask(LossWeighting):
         """``same_batch``: the losses recomputed on the step's batch after the step."""
         if self.update == "same_batch" and self.famo._prev_losses is not None:
             self.famo.update(self._full(losses.values))
+
+    def after_optimizer_step(self, recompute: Callable[[], TaskLosses]) -> None:
+        """``same_batch`` recomputes the step's batch's losses (the paper's extra forward
+        pass) for :meth:`after_step`; ``next_batch`` waits for the next batch instead."""
+        if self.update == "same_batch":
+            self.after_step(recompute())
 
     def scalarize(self, values: torch.Tensor, tasks: tuple[str, ...], step: int) -> torch.Tensor:
         index = [self.task_names.index(t) for t in tasks]

@@ -5,6 +5,9 @@ gradients to ``m`` weights, and the update is ``sum_t w_t g_t``. So the model ne
 combined gradient vector: :mod:`~mtl_lightning.balancing.task_gradients` forms ``G``, asks the
 method for ``w``, and writes ``sum_t w_t g_t`` into ``.grad`` (one trunk backward with the
 representation source). torchjd provides the weightings (``MGDAWeighting``, ...).
+
+:meth:`GradientWeighting.backward` is that whole backward pass of one step; the module's
+``backward`` hook calls it in place of ``loss.backward()``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import torch
 from torchjd.aggregation import Weighting
 
 from mtl_lightning.balancing.base import Balancer, TaskLosses
+from mtl_lightning.balancing.record import BalancingRecord, GradientStatistics
+from mtl_lightning.balancing.task_gradients import compute_task_gradients, write_combined_gradients
 
 if TYPE_CHECKING:
-    from mtl_lightning.balancing.task_gradients import TaskGradients
+    from mtl_lightning.balancing.task_gradients import SharedStructure, TaskGradients
 
 GradientSource = Literal["representation", "parameters"]
 
@@ -72,6 +77,35 @@ class GradientWeighting(Balancer):
         """This step's update from the task gradients: by default the weighted sum with
         :meth:`weights` of their Gramian. Methods that need ``J`` itself override it."""
         return Update(self.weights(gradients.gramian, losses, step))
+
+    def backward(self, losses: TaskLosses, structure: SharedStructure, scale: float,
+                 step: int) -> BalancingRecord:
+        """One step's backward pass: the task gradients, this method's update from them, and
+        the combined gradient added to every parameter's ``.grad``.
+
+        Args:
+            losses: the step's task losses (with their graph).
+            structure: which tensors are the representation, trunk, shared and task parts.
+            scale: the factor Lightning applies to a loss before its backward (the 16-mixed
+                loss scale divided by the gradient-accumulation factor): the task gradients are
+                unscaled by it and the written gradient carries it, so unscaling, clipping and
+                accumulation work as for ``loss.backward()``.
+            step: the optimizer step (seeds and schedules of the method).
+
+        Returns:
+            The task weights and, on statistics steps, the gradient statistics.
+        """
+        gradients = compute_task_gradients(losses, structure, self.source, scale)
+        if torch.isfinite(gradients.gramian).all():
+            update = self.update(gradients, losses, step)
+            weights, combined = update.weights, update.combined
+        else:  # overflow under 16-mixed: the scaler will skip this step and lower the scale
+            weights, combined = torch.ones(len(losses.tasks)), None
+        write_combined_gradients(gradients, weights, structure, scale, combined)
+        return BalancingRecord(
+            weights={t: w.detach().float().cpu() for t, w in zip(losses.tasks, weights)},
+            statistics=GradientStatistics.of(gradients) if self.wants_statistics(step) else None,
+        )
 
 
 def gramian_square_root(gramian: torch.Tensor) -> torch.Tensor:

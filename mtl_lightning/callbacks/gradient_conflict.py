@@ -1,14 +1,19 @@
 """Gradient conflict heatmap: the pairwise cosine similarity of the task gradients.
 
-The balancer computes it every ``statistics_every`` steps (``model.gradient_conflict``; the
-scalars are logged as ``train/mtl/cosine/<a>__<b>``). This callback draws the matrix as a
-heatmap (red: conflicting, cosine < 0; blue: aligned) and logs it as a W&B image
-``train/mtl/gradient_conflict`` each time it changes; at the end of every epoch it also writes
-the latest one as ``gradient_conflict/epochNNN.png`` in the run directory, so a user without
-W&B sees the same picture.
+The balancer computes it every ``statistics_every`` steps (the scalars are logged as
+``train/mtl/cosine/<a>__<b>``). The training step returns it in its
+:class:`~mtl_lightning.balancing.BalancingRecord`, which Lightning hands to this callback's
+``on_train_batch_end`` as ``outputs["balancing"]``. The callback draws the matrix as a heatmap
+(red: conflicting, cosine < 0; blue: aligned) and logs it as a W&B image
+``train/mtl/gradient_conflict`` on each step that has one; at the end of every epoch it also
+writes the epoch's latest one as ``gradient_conflict/epochNNN.png`` in the run directory, so a
+user without W&B sees the same picture.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw
 
+from mtl_lightning.balancing.record import GradientStatistics
 from mtl_lightning.callbacks.metrics_report import run_directory
 
 CELL = 96
@@ -60,29 +66,34 @@ class GradientConflictHeatmap(Callback):
     def __init__(self, log_to_wandb: bool = True, save_png: bool = True) -> None:
         self.log_to_wandb = log_to_wandb
         self.save_png = save_png
-        self._last_logged: object | None = None
+        self._latest: GradientStatistics | None = None
+
+    @staticmethod
+    def statistics_of(outputs: Any) -> GradientStatistics | None:
+        """The gradient statistics a training step returned, if it computed any."""
+        record = outputs.get("balancing") if isinstance(outputs, Mapping) else None
+        return getattr(record, "statistics", None)
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object,
-                           **kwargs: object) -> None:
-        conflict = getattr(pl_module, "gradient_conflict", None)
-        if conflict is None or conflict is self._last_logged or not self.log_to_wandb:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        statistics = self.statistics_of(outputs)
+        if statistics is None:
             return
-        self._last_logged = conflict
+        self._latest = statistics
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if loggers:
-            tasks, cosine = conflict
-            picture = draw_heatmap(tasks, cosine, f"step {trainer.global_step}")
+        if loggers and self.log_to_wandb:
+            picture = draw_heatmap(statistics.tasks, statistics.cosine,
+                                   f"step {trainer.global_step}")
             loggers[0].log_image("train/mtl/gradient_conflict", [picture],
                                  step=trainer.global_step)
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        conflict = getattr(pl_module, "gradient_conflict", None)
-        if conflict is None or not self.save_png:
+        if self._latest is None or not self.save_png:
             return
-        tasks, cosine = conflict
         folder = run_directory(trainer) / "gradient_conflict"
         folder.mkdir(parents=True, exist_ok=True)
-        picture = draw_heatmap(tasks, cosine, f"epoch {trainer.current_epoch}")
+        picture = draw_heatmap(self._latest.tasks, self._latest.cosine,
+                               f"epoch {trainer.current_epoch}")
         Image.fromarray(picture).save(folder / f"epoch{trainer.current_epoch:03d}.png")

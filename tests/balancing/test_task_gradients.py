@@ -239,10 +239,11 @@ def test_the_real_models_task_gradients_at_the_representation_interact(tiny_scen
     torch.manual_seed(0)
     model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16)
     model.train()
-    local, counts = model._task_losses(tiny_batch, "train")
+    local, counts, representation = model._losses_and_representation(tiny_batch, "train")
     losses = TaskLosses.gather(local, counts)
     assert len(losses.tasks) == 3
-    gradients = compute_task_gradients(losses, model._shared_structure(), "representation", 1.0)
+    gradients = compute_task_gradients(losses, model._shared_structure(representation),
+                                       "representation", 1.0)
     norms, cosine = gradients.statistics()
     assert torch.isfinite(gradients.gramian).all() and (norms > 0).all()
     torch.testing.assert_close(cosine.diagonal(), torch.ones(3, dtype=cosine.dtype))
@@ -257,9 +258,9 @@ def test_the_real_models_trunk_rows_are_the_backbone_gradients(tiny_scenes, tiny
     torch.manual_seed(0)
     model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16)
     model.train()
-    local, counts = model._task_losses(tiny_batch, "train")
+    local, counts, representation = model._losses_and_representation(tiny_batch, "train")
     losses = TaskLosses.gather(local, counts)
-    structure = model._shared_structure()
+    structure = model._shared_structure(representation)
     backbone = [p for p in structure.trunk if p.requires_grad]
     assert {id(p) for p in backbone} == {id(p) for p in model.backbone.parameters()}
     direct = torch.stack([flat(grads(losses.local[t], backbone)) for t in losses.tasks])

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mtl_lightning.balancing import BalancingRecord, GradientStatistics
 from mtl_lightning.callbacks.gradient_conflict import (
     CELL,
     MARGIN,
@@ -34,17 +35,49 @@ def test_heatmap_cells_carry_the_matrix() -> None:
     assert diagonal[2] == 255 and diagonal[0] == 0
 
 
+def _outputs(tasks: tuple[str, ...], cosine: torch.Tensor | None) -> dict:
+    """What a training step returns: its loss and its balancing record."""
+    statistics = (None if cosine is None else
+                  GradientStatistics(tasks, torch.ones(len(tasks)), cosine))
+    return {"loss": torch.tensor(1.0), "balancing": BalancingRecord(statistics=statistics)}
+
+
 def test_epoch_end_writes_the_latest_heatmap(tmp_path: Path, monkeypatch) -> None:
     import mtl_lightning.callbacks.gradient_conflict as module
 
     monkeypatch.setattr(module, "run_directory", lambda trainer: tmp_path)
     callback = GradientConflictHeatmap()
     trainer = SimpleNamespace(current_epoch=3, loggers=[], global_step=10)
-    pl_module = SimpleNamespace(gradient_conflict=(("a", "b", "c"), torch.eye(3)))
-    callback.on_train_epoch_end(trainer, pl_module)
+    # Nothing to draw when no step has returned statistics yet.
+    callback.on_train_epoch_end(trainer, SimpleNamespace())
+    assert not (tmp_path / "gradient_conflict" / "epoch003.png").exists()
+    callback.on_train_batch_end(trainer, SimpleNamespace(), _outputs(("a", "b", "c"),
+                                                                     torch.eye(3)), None, 0)
+    # a step without statistics (or a skipped one) keeps the latest matrix
+    callback.on_train_batch_end(trainer, SimpleNamespace(), _outputs(("a", "b"), None), None, 1)
+    callback.on_train_batch_end(trainer, SimpleNamespace(), {}, None, 2)
+    callback.on_train_epoch_end(trainer, SimpleNamespace())
     written = tmp_path / "gradient_conflict" / "epoch003.png"
     assert written.exists()
     assert np.asarray(Image.open(written)).shape[:2] == (MARGIN + 3 * CELL + 10,) * 2
-    # Nothing to draw when no balancer statistics exist yet.
-    callback.on_train_epoch_end(SimpleNamespace(current_epoch=4), SimpleNamespace())
-    assert not (tmp_path / "gradient_conflict" / "epoch004.png").exists()
+
+
+def test_each_step_with_statistics_logs_a_wandb_image(monkeypatch) -> None:
+    import mtl_lightning.callbacks.gradient_conflict as module
+
+    class FakeWandb:
+        def __init__(self) -> None:
+            self.images: list[tuple[str, int, tuple]] = []
+
+        def log_image(self, key: str, images: list, step: int) -> None:
+            self.images.append((key, step, images[0].shape))
+
+    monkeypatch.setattr(module, "WandbLogger", FakeWandb)
+    logger = FakeWandb()
+    callback = GradientConflictHeatmap()
+    trainer = SimpleNamespace(current_epoch=0, loggers=[logger], global_step=5)
+    callback.on_train_batch_end(trainer, SimpleNamespace(), _outputs(("a", "b"), torch.eye(2)),
+                                None, 0)
+    callback.on_train_batch_end(trainer, SimpleNamespace(), _outputs(("a", "b"), None), None, 1)
+    side = MARGIN + 2 * CELL + 10
+    assert logger.images == [("train/mtl/gradient_conflict", 5, (side, side, 3))]

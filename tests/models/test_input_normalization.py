@@ -43,7 +43,7 @@ def test_the_model_normalises_its_zero_to_one_input() -> None:
     mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
     std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = model.architecture((image - mean) / std)["classification"]
+        expected = model.architecture((image - mean) / std).features["classification"]
         expected = model.tasks["classification"](expected, (32, 32))
         got = model(image)["classification"]
     torch.testing.assert_close(got, expected)

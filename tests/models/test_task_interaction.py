@@ -37,16 +37,16 @@ def test_the_architectures_are_registered() -> None:
 def test_initial_predictions_of_the_dense_tasks_only_and_only_in_training(
         architecture: str) -> None:
     model = _model(architecture).train()
-    outputs = model(torch.rand(2, 3, 64, 64))
-    initial = model.architecture.deep_supervision
+    outputs, shared = model.run_network(torch.rand(2, 3, 64, 64))
+    initial = shared.deep_supervision
     assert set(initial) == {"segmentation", "edges"}  # classification, detection pass through
     for task, entries in initial.items():
         [(weight, prediction)] = entries
         assert weight == 1.0
         assert prediction.shape == outputs[task].shape  # the format the task's loss reads
     model.eval()
-    model(torch.rand(2, 3, 64, 64))
-    assert model.architecture.deep_supervision == {}
+    _, shared = model.run_network(torch.rand(2, 3, 64, 64))
+    assert shared.deep_supervision == {}
 
 
 def _scenes_model(architecture: str, info: dict, **kwargs) -> MultiTaskModule:
@@ -65,10 +65,11 @@ def test_deep_supervision_loss_reaches_the_initial_heads(architecture: str, tiny
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     # the task's loss is its final loss plus 0.5 x its loss on the initial prediction
-    outputs = model(tiny_batch["image"])  # train-mode BN: the same batch, the same outputs
+    # train-mode BN: the same batch, the same outputs
+    outputs, shared = model.run_network(tiny_batch["image"])
     task = model.tasks["segmentation"]
     has, target = model.task_labels(tiny_batch, "segmentation")
-    [(_, initial)] = model.architecture.deep_supervision["segmentation"]
+    [(_, initial)] = shared.deep_supervision["segmentation"]
     expected = task.loss(outputs["segmentation"], target, has) + 0.5 * task.loss(
         initial, target, has)
     torch.testing.assert_close(losses["segmentation"], expected)
@@ -126,7 +127,7 @@ def test_mmoe_gates_mix_the_experts() -> None:
     model = MultiTaskModule(task_info=INFO, neck_channels=16, backbone_kwargs=SMALL,
                             architecture="mmoe", architecture_options={"experts": 1}).eval()
     image = model.normalize(torch.rand(2, 3, 64, 64))
-    features = model.architecture(image)
+    features = model.architecture(image).features
     maps = model.architecture.backbone.adapt(model.architecture.backbone.encode(image))
     experts = model.architecture.experts
     # one expert: every gate is 1, each task reads that expert's map through the neck

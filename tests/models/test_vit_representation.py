@@ -32,13 +32,12 @@ def vit_losses(tiny_scenes, tiny_batch):
     model = MultiTaskModule(task_info=tiny_scenes.task_info, neck_channels=16,
                             backbone="vit_tiny_patch16_224", backbone_kwargs={"depth": 4},
                             vit_blocks=[0, 1, 2, 3]).train()
-    local, counts = model._task_losses(tiny_batch, "train")
-    return model, TaskLosses.gather(local, counts)
+    local, counts, representation = model._losses_and_representation(tiny_batch, "train")
+    return model, TaskLosses.gather(local, counts), model._shared_structure(representation)
 
 
 def test_the_representation_is_the_token_maps(vit_losses) -> None:
-    model, _ = vit_losses
-    structure = model._shared_structure()
+    model, _, structure = vit_losses
     assert [tuple(t.shape) for t in structure.representation] == [(8, 192, 4, 4)] * 4
     assert {id(p) for p in structure.trunk} == {id(p) for p in model.backbone.body.parameters()}
     shared = {id(p) for p in structure.shared}
@@ -46,8 +45,7 @@ def test_the_representation_is_the_token_maps(vit_losses) -> None:
 
 
 def test_gramian_and_trunk_gradient_match_direct_autograd(vit_losses) -> None:
-    model, losses = vit_losses
-    structure = model._shared_structure()
+    _, losses, structure = vit_losses
     tasks = losses.tasks
     assert len(tasks) == 3
     rep, shared = structure.representation, structure.shared

@@ -11,6 +11,7 @@ from typing import Any
 
 from mtl_lightning.models.architectures.base import (
     Architecture,
+    ArchitectureOutput,
     BackboneFactory,
     ParameterRoles,
 )
@@ -50,7 +51,7 @@ def build_architecture(name: str, tasks: list[str], make_backbone: BackboneFacto
 
 
 __all__ = [
-    "ARCHITECTURES", "Architecture", "AttentionUnit", "BackboneFactory", "CrossStitch",
-    "CrossStitchUnit", "Ensemble", "GatedExperts", "HardSharing", "MTINet", "MultiTaskAttention",
-    "PADNet", "ParameterRoles", "build_architecture",
+    "ARCHITECTURES", "Architecture", "ArchitectureOutput", "AttentionUnit", "BackboneFactory",
+    "CrossStitch", "CrossStitchUnit", "Ensemble", "GatedExperts", "HardSharing", "MTINet",
+    "MultiTaskAttention", "PADNet", "ParameterRoles", "build_architecture",
 ]

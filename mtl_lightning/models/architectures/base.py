@@ -1,8 +1,11 @@
 """The Architecture interface: how the tasks share parameters.
 
-An architecture turns an image batch into the :class:`~mtl_lightning.models.neck.Features`
-each task head reads, one ``Features`` per task. Heads, losses, metrics, balancers and
-callbacks only see that dict, so every architecture works with all of them.
+An architecture turns an image batch into an :class:`ArchitectureOutput`: the
+:class:`~mtl_lightning.models.neck.Features` each task head reads (one ``Features`` per task),
+together with what the training step needs from the same pass: the *representation* a
+gradient balancer differentiates through and any deep-supervision predictions. Heads, losses,
+metrics, balancers and callbacks only see those, so every architecture works with all of them.
+Nothing of one pass is kept on the architecture: a step gets it all from the return value.
 
 For the balancers it also names the role of each parameter (see
 :mod:`mtl_lightning.balancing.task_gradients`): the *trunk* that produces the
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,21 +37,36 @@ class ParameterRoles:
     per_task: dict[str, list[nn.Parameter]]
 
 
+@dataclass
+class ArchitectureOutput:
+    """What one forward pass of an architecture returns.
+
+    Attributes:
+        features: ``{task: Features}``, what each task's head reads.
+        representation: the tensors the trunk produced, as the layers above it read them
+            (see :meth:`Architecture.expose`): what a gradient balancer differentiates
+            through. In a training pass with gradients they are aliases of the trunk's maps;
+            otherwise the maps themselves (nothing balances then).
+        deep_supervision: ``{task: [(weight, outputs), ...]}``: extra predictions of a task
+            (a task-interaction decoder's initial ones, training passes only) that the
+            module supervises with that task's own loss, ``weight * task.loss(outputs,
+            targets, has)`` added to the task's loss. Empty for most architectures.
+    """
+
+    features: dict[str, Features]
+    representation: list[torch.Tensor] = field(default_factory=list)
+    deep_supervision: dict[str, list[tuple[float, Any]]] = field(default_factory=dict)
+
+
 class Architecture(nn.Module, ABC):
-    """Image -> ``{task: Features}``.
+    """Image -> :class:`ArchitectureOutput` (``{task: Features}`` and the representation).
 
     Attributes:
         shares_representation: whether every task reads one representation (the backbone maps
             the neck consumes). Gradient balancing at the representation needs it; soft sharing
             and ensembles take task gradients at the parameters instead.
-        representation: the tensors of the last training forward pass that the trunk
-            produced (what the balancer differentiates through).
         channels, strides: of the backbone maps (every task's backbone is the same model).
         pyramid_channels: width of the feature pyramid the heads read.
-        deep_supervision: ``{task: [(weight, outputs), ...]}`` of the last training forward
-            pass: extra predictions of a task (a task-interaction decoder's initial ones)
-            that the module supervises with that task's own loss, ``weight * task.loss(
-            outputs, targets, has)`` added to the task's loss. Empty for most architectures.
     """
 
     shares_representation: bool = True
@@ -63,32 +81,31 @@ class Architecture(nn.Module, ABC):
         self.pyramid_levels = {t: levels.get(t) for t in tasks if levels.get(t) != ()}
         self.pyramid_tasks = list(self.pyramid_levels)
         self.pyramid_channels = neck_channels
-        self.representation: list[torch.Tensor] = []
-        self.deep_supervision: dict[str, list[tuple[float, Any]]] = {}
 
     def bind_tasks(self, tasks: Mapping[str, nn.Module]) -> None:
         """Called once the tasks' heads are built (their output formats known): an
         architecture that makes predictions of its own (PAD-Net, MTI-Net) builds them here."""
 
     def expose(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The trunk's maps as the layers above it must read them, kept for the balancer.
+        """The trunk's maps as the layers above it must read them: the representation.
 
         In a training step the layers above the trunk read *aliases* (``m.view_as(m)``) of
         the maps, while the trunk's deeper stages read the maps themselves. A task's gradient
         at an alias is then its direct derivative through the layers above, and one backward
         from all aliases into the trunk counts every path once (at the maps themselves, the
-        paths through deeper stages would be counted twice).
+        paths through deeper stages would be counted twice). The caller returns what this
+        gives as :attr:`ArchitectureOutput.representation`.
         """
         if not (self.training and torch.is_grad_enabled()):
             return maps
-        aliases = [m.view_as(m) for m in maps]
-        self.representation = aliases
-        return aliases
+        return [m.view_as(m) for m in maps]
 
-    def shared_maps(self, backbone: Backbone, image: torch.Tensor) -> list[torch.Tensor]:
-        """``backbone``'s maps for the neck; what it encodes (a CNN's stage maps, a plain
-        ViT's token maps before its simple feature pyramid) is the exposed representation."""
-        return backbone.adapt(self.expose(backbone.encode(image)))
+    def shared_maps(self, backbone: Backbone, image: torch.Tensor
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The representation (what ``backbone`` encodes: a CNN's stage maps, a plain ViT's
+        token maps before its simple feature pyramid, exposed) and the maps the neck reads."""
+        representation = self.expose(backbone.encode(image))
+        return representation, backbone.adapt(representation)
 
     def levels_of(self, tasks: list[str]) -> list[int] | None:
         """The pyramid levels a neck shared by ``tasks`` must produce (None: all)."""
@@ -100,25 +117,26 @@ class Architecture(nn.Module, ABC):
             wanted |= set(levels)
         return sorted(wanted)
 
-    def per_task_features(self, maps: list[list[torch.Tensor]],
-                          necks: nn.ModuleDict) -> dict[str, Features]:
-        """Each task's own maps (exposed for the balancer) through its own neck, if it has one
-        (soft sharing and ensembles: one stream per task)."""
+    def per_task_output(self, maps: list[list[torch.Tensor]],
+                        necks: nn.ModuleDict) -> ArchitectureOutput:
+        """Each task's own maps (exposed: all streams' maps are the representation) through
+        its own neck, if it has one (soft sharing and ensembles: one stream per task)."""
         exposed = self.expose([m for stream in maps for m in stream])
         count = len(self.channels)
         features = {}
         for i, task in enumerate(self.task_names):
             own = exposed[i * count:(i + 1) * count]
             features[task] = necks[task](own) if task in necks else self.without_pyramid(own)
-        return features
+        return ArchitectureOutput(features, representation=exposed)
 
     def without_pyramid(self, maps: list[torch.Tensor]) -> Features:
         """Features of a task that reads backbone maps only."""
         return Features(backbone=list(maps), pyramid=[], strides=list(self.strides))
 
     @abstractmethod
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        """The features each task's head reads."""
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        """The features each task's head reads, with the representation they were computed
+        from (and deep-supervision predictions, if the architecture makes any)."""
 
     @abstractmethod
     def roles(self) -> ParameterRoles:

@@ -6,9 +6,14 @@ import torch
 from timm.models._features import FeatureListNet
 from torch import nn
 
-from mtl_lightning.models.architectures.base import Architecture, BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.base import (
+    Architecture,
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
 from mtl_lightning.models.backbone import BackboneError
-from mtl_lightning.models.neck import FeaturePyramid, Features
+from mtl_lightning.models.neck import FeaturePyramid
 
 
 class CrossStitchUnit(nn.Module):
@@ -77,7 +82,7 @@ class CrossStitch(Architecture):
             for task in self.pyramid_tasks
         })
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
         bodies = [self.backbones[task].body for task in self.task_names]
         streams = [image] * len(bodies)
         maps: list[list[torch.Tensor]] = [[] for _ in bodies]
@@ -89,7 +94,7 @@ class CrossStitch(Architecture):
                 stage += 1
                 for collected, x in zip(maps, streams):
                     collected.append(x)
-        return self.per_task_features(maps, self.necks)
+        return self.per_task_output(maps, self.necks)
 
     def roles(self) -> ParameterRoles:
         trunk = list(self.backbones.parameters()) + list(self.stitches.parameters())

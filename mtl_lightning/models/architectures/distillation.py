@@ -4,7 +4,7 @@ Both make *initial* per-task predictions from task-specific features, let the ta
 exchange information (*multi-modal distillation*), and give each task's own head the distilled
 features for its *final* prediction. The initial predictions are supervised with the task's
 own loss (deep supervision); the module adds ``weight * task.loss(initial, targets, has)`` to
-that task's loss (see :attr:`Architecture.deep_supervision`), so balancers see one loss per
+that task's loss (see :attr:`ArchitectureOutput.deep_supervision`), so balancers see one loss per
 task, deep supervision included.
 
 Which tasks take part: the dense per-pixel tasks (segmentation, depth, normals, edges) that

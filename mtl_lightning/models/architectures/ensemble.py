@@ -7,8 +7,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtl_lightning.models.architectures.base import Architecture, BackboneFactory, ParameterRoles
-from mtl_lightning.models.neck import FeaturePyramid, Features
+from mtl_lightning.models.architectures.base import (
+    Architecture,
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
+from mtl_lightning.models.neck import FeaturePyramid
 
 
 class Ensemble(Architecture):
@@ -44,9 +49,9 @@ class Ensemble(Architecture):
                              f"{sorted(unknown)}; tasks are {sorted(tasks)}.")
         self.members = dict(members or {})
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
         per_task = [self.backbones[task](image) for task in self.task_names]
-        return self.per_task_features(per_task, self.necks)
+        return self.per_task_output(per_task, self.necks)
 
     def roles(self) -> ParameterRoles:
         return ParameterRoles(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.base import (
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
 from mtl_lightning.models.architectures.hard import HardSharing
-from mtl_lightning.models.neck import Features
 
 
 def _expert(channels: int) -> nn.Sequential:
@@ -65,8 +68,8 @@ class GatedExperts(HardSharing):
                                  for j in self.mixed[task]})
             for task in tasks})
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        maps = self.shared_maps(self.backbone, image)
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        representation, maps = self.shared_maps(self.backbone, image)
         mixed = {task: list(maps) for task in self.task_names}
         for level, experts in self.experts.items():
             shared = maps[int(level)]
@@ -80,8 +83,9 @@ class GatedExperts(HardSharing):
                 gate = torch.softmax(self.gates[task][level](pooled), dim=1)
                 mixed[task][int(level)] = (gate[:, :, None, None, None].to(stacked.dtype)
                                            * stacked).sum(dim=1)
-        return {task: self.neck(m) if task in self.pyramid_tasks else self.without_pyramid(m)
-                for task, m in mixed.items()}
+        features = {task: self.neck(m) if task in self.pyramid_tasks else self.without_pyramid(m)
+                    for task, m in mixed.items()}
+        return ArchitectureOutput(features, representation)
 
     def roles(self) -> ParameterRoles:
         roles = super().roles()

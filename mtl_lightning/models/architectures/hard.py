@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtl_lightning.models.architectures.base import Architecture, BackboneFactory, ParameterRoles
-from mtl_lightning.models.neck import FeaturePyramid, Features
+from mtl_lightning.models.architectures.base import (
+    Architecture,
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
+from mtl_lightning.models.neck import FeaturePyramid
 
 
 class HardSharing(Architecture):
@@ -30,11 +35,10 @@ class HardSharing(Architecture):
                                     levels=self.levels_of(self.pyramid_tasks))
                      if self.pyramid_tasks else nn.Identity())
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        maps = self.shared_maps(self.backbone, image)
-        if not self.pyramid_tasks:
-            return dict.fromkeys(self.task_names, self.without_pyramid(maps))
-        return dict.fromkeys(self.task_names, self.neck(maps))
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        representation, maps = self.shared_maps(self.backbone, image)
+        features = self.without_pyramid(maps) if not self.pyramid_tasks else self.neck(maps)
+        return ArchitectureOutput(dict.fromkeys(self.task_names, features), representation)
 
     def roles(self) -> ParameterRoles:
         return ParameterRoles(list(self.backbone.body.parameters()),

@@ -6,9 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.base import (
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
 from mtl_lightning.models.architectures.hard import HardSharing
-from mtl_lightning.models.neck import Features
 
 
 class AttentionUnit(nn.Module):
@@ -58,8 +61,8 @@ class MultiTaskAttention(HardSharing):
             for task in tasks
         })
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        maps = self.shared_maps(self.backbone, image)
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        representation, maps = self.shared_maps(self.backbone, image)
         features = {}
         for task in self.task_names:
             attended, previous = [], None
@@ -68,7 +71,7 @@ class MultiTaskAttention(HardSharing):
                 attended.append(previous)
             features[task] = (self.neck(attended) if task in self.pyramid_tasks
                               else self.without_pyramid(attended))
-        return features
+        return ArchitectureOutput(features, representation)
 
     def roles(self) -> ParameterRoles:
         roles = super().roles()

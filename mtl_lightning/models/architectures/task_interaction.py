@@ -24,7 +24,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from mtl_lightning.models.architectures.base import BackboneFactory, ParameterRoles
+from mtl_lightning.models.architectures.base import (
+    ArchitectureOutput,
+    BackboneFactory,
+    ParameterRoles,
+)
 from mtl_lightning.models.architectures.distillation import (
     MultiModalDistillation,
     distilled_tasks,
@@ -83,16 +87,16 @@ class TaskInteractionDecoder(HardSharing):
         called only when some task takes part."""
         raise NotImplementedError
 
-    def forward(self, image: torch.Tensor) -> dict[str, Features]:
-        features = super().forward(image)
-        self.deep_supervision = {}
+    def forward(self, image: torch.Tensor) -> ArchitectureOutput:
+        output = super().forward(image)
         if not self.levels:
-            return features
+            return output
+        features = output.features
         shared = next(iter(features.values()))
         own = self.initial_features(shared)
         size = (image.shape[-2], image.shape[-1])
         if self.training:
-            self.deep_supervision = {
+            output.deep_supervision = {
                 name: [(self.deep_supervision_weight,
                         head(with_pyramid(shared, own[name]), size))]
                 for name, head in self.initial_heads.items()}
@@ -104,7 +108,7 @@ class TaskInteractionDecoder(HardSharing):
                     final[name][level] = out[name]
         for name, pyramid in final.items():
             features[name] = with_pyramid(shared, pyramid)
-        return features
+        return output
 
     def roles(self) -> ParameterRoles:
         """Task features feed every task (through distillation): shared. A task's initial
