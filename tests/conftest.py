@@ -42,3 +42,17 @@ def tiny_scenes(scenes_root: Path) -> ScenesDataModule:
 def tiny_batch(tiny_scenes: ScenesDataModule) -> dict:
     """One deterministic (evaluation-transformed) batch of 8 images."""
     return next(iter(tiny_scenes.val_dataloader()))
+
+
+def count_forward_calls(model: torch.nn.Module) -> list[int]:
+    """Wrap ``model.forward`` so that every call appends its batch size to the returned list
+    (the validation tests' check that no callback runs a forward pass of its own)."""
+    calls: list[int] = []
+    forward = model.forward
+
+    def counting(image: torch.Tensor) -> dict:
+        calls.append(len(image))
+        return forward(image)
+
+    model.forward = counting
+    return calls

@@ -137,8 +137,9 @@ def make_samples(num: int = 32, seed: int = 0) -> list[dict[str, Any]]:
     return samples
 
 
-def make_model(balancer: Balancer, seed: int = 0) -> MultiTaskModule:
-    """An eighth-width ResNet-18 with a narrow neck and heads; no dropout or drop-path."""
+def make_model(balancer: Balancer, seed: int = 0, architecture: str = "hard") -> MultiTaskModule:
+    """An eighth-width ResNet-18 with a narrow neck and heads (classification, segmentation
+    and depth); no dropout or drop-path."""
     seed_everything(seed, verbose=False)
     return MultiTaskModule(
         task_info=TASK_INFO,
@@ -147,6 +148,7 @@ def make_model(balancer: Balancer, seed: int = 0) -> MultiTaskModule:
         backbone="resnet18",
         backbone_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8},
         neck_channels=8, balancer=balancer, train_metrics=False, lr=1e-2,
+        architecture=architecture,
     )
 
 

@@ -22,6 +22,7 @@ from mtl_lightning.callbacks.confusion_matrix import (
 )
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.tasks import build_task
+from tests.conftest import count_forward_calls
 
 
 def test_picture_shades_cells_by_row_fraction() -> None:
@@ -54,17 +55,10 @@ def test_validation_counts_equal_the_models_predictions(tiny_scenes, tmp_path: P
         callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, default_root_dir=tmp_path,
     )
-    calls = []
-    forward = model.forward
-
-    def counting(image: torch.Tensor) -> dict:
-        calls.append(len(image))
-        return forward(image)
-
-    model.forward = counting
+    calls = count_forward_calls(model)
     trainer.validate(model, datamodule=tiny_scenes)
     assert len(calls) == len(tiny_scenes.val_dataloader())  # the validation steps' only
-    model.forward = forward
+    del model.forward  # the class's forward again
     counts = callback.counts
     # The same matrix, computed independently from a plain forward pass.
     expected = torch.zeros_like(counts)

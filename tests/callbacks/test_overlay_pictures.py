@@ -26,6 +26,7 @@ from mtl_lightning.callbacks.prediction_overlays import (
 from mtl_lightning.data.collate import collate_multitask
 from mtl_lightning.data.transforms import eval_transforms
 from mtl_lightning.module import MultiTaskModule
+from tests.conftest import count_forward_calls
 
 TASKS = ("classification", "segmentation", "detection")
 SIZE = 64
@@ -128,14 +129,7 @@ def test_overlays_are_drawn_from_the_validation_forward_passes(tmp_path: Path) -
     way), evenly spaced through the validation samples."""
     samples = [_sample(48 + 4 * k, 64, k, "boards", "single") for k in range(7)]
     model = _model("single")
-    calls = []
-    forward = model.forward
-
-    def counting(image: torch.Tensor) -> dict:
-        calls.append(len(image))
-        return forward(image)
-
-    model.forward = counting
+    calls = count_forward_calls(model)
     callback = PredictionOverlays(num_images=3)
     _validate(model, samples, callback, tmp_path, batch_size=3)
     assert calls == [3, 3, 1]  # the three validation batches, nothing more

@@ -17,35 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from lightning.pytorch import seed_everything
 
 from mtl_lightning.balancing import StaticWeighting
-from mtl_lightning.module import MultiTaskModule
 from tests.balancing.test_ddp_exact import (
     STEPS,
-    TASK_INFO,
     _free_port,
     assert_same_run,
+    make_model,
     make_samples,
     train,
 )
 
 ARCHITECTURES = ("pad_net", "mti_net", "mmoe")
-
-
-def make_model(architecture: str, seed: int = 0) -> MultiTaskModule:
-    """The exactness test's tiny model (classification, segmentation and depth: two dense
-    tasks for the decoders to distil) with ``architecture``; no dropout or drop-path."""
-    seed_everything(seed, verbose=False)
-    return MultiTaskModule(
-        task_info=TASK_INFO,
-        tasks={"classification": None, "segmentation": {"decoder_channels": 8},
-               "depth": {"decoder_channels": 8}},
-        backbone="resnet18",
-        backbone_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8},
-        neck_channels=8, balancer=StaticWeighting(), train_metrics=False, lr=1e-2,
-        architecture=architecture,
-    )
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -54,8 +37,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     samples = make_samples()
     for name in ARCHITECTURES:
-        train(make_model(name), samples, Path(out) / f"{name}.pt", devices=world,
-              batch_size=4, steps=STEPS)
+        model = make_model(StaticWeighting(), architecture=name)
+        train(model, samples, Path(out) / f"{name}.pt", devices=world, batch_size=4, steps=STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +61,7 @@ def test_two_processes_take_the_single_process_step(architecture: str, ddp_runs:
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     try:
-        model = make_model(architecture)
+        model = make_model(StaticWeighting(), architecture=architecture)
         assert model.architecture.__class__.__name__ != "HardSharing"
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()
                    if isinstance(v, torch.Tensor)}
