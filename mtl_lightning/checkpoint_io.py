@@ -79,7 +79,12 @@ def write_checkpoint(checkpoint: dict[str, Any], path: _PATH) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, target)
-    except OSError as error:
+    except (OSError, RuntimeError) as raised:
+        # torch.save's zip writer can turn a failed write (disk full, file too large) into a
+        # RuntimeError raised while closing the archive, with the OSError as its context.
+        error = _os_error_in(raised)
+        if error is None:
+            raise
         partial.unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"Could not write checkpoint '{target.name}' in '{target.parent}' "
@@ -87,6 +92,17 @@ def write_checkpoint(checkpoint: dict[str, Any], path: _PATH) -> None:
             "already there are intact (free space or set --checkpoint.dirpath, then resume "
             "with --ckpt_path last)."
         ) from None
+
+
+def _os_error_in(error: BaseException | None) -> OSError | None:
+    """The first ``OSError`` in ``error``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

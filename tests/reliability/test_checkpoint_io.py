@@ -157,3 +157,30 @@ def test_export_refuses_a_foreign_checkpoint_in_one_line(tmp_path: Path, capsys)
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "not a checkpoint of mtl_lightning" in lines[0]
+
+
+def test_a_write_error_raised_while_torch_closes_the_archive_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save can report a full disk as a RuntimeError from closing its zip archive, with
+    the OSError as context: still one sentence, no partial file, the old checkpoint intact."""
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old")
+
+    def failing_save(obj: object, file: object) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    def failing_save_with_context(obj: object, file: object) -> None:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", failing_save_with_context)
+    with pytest.raises(CheckpointWriteError, match="File too large"):
+        checkpoint_io.write_checkpoint({"state_dict": {}}, target)
+    assert target.read_bytes() == b"old"
+    assert not list(tmp_path.glob(".*.partial"))
+    monkeypatch.setattr(checkpoint_io.torch, "save", failing_save)  # no OSError in its chain...
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # ...is not ours to rename
+        checkpoint_io.write_checkpoint({"state_dict": {}}, target)
