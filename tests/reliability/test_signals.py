@@ -24,6 +24,10 @@ from .helpers import (
 )
 
 
+def _default_sigint() -> None:
+    """In the child before it starts Python: SIGINT's default action again."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("received", "exit_code"), [(signal.SIGTERM, 143),
@@ -39,6 +43,10 @@ def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(
     process = subprocess.Popen(
         cli_command("fit", *args, *callback_arg(PauseUntilSigterm, step=6, marker=str(marker))),
         env=cli_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Ctrl-C as a terminal delivers it: Lightning's KeyboardInterrupt handling sets SIGINT
+        # to "ignore" in a process and leaves it so, and an ignored signal stays ignored in
+        # the children, where Python then raises no KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 240
     while not marker.is_file() and process.poll() is None and time.monotonic() < deadline:
