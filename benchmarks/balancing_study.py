@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,8 +273,10 @@ def draw_pareto(report: dict[str, Any], path: Path) -> Path | None:
                     "balancers' seed means (green), equal weighting (blue stars)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    figure.savefig(temporary, dpi=110)  # then renamed: concurrent shards never see half a PNG
     plt.close(figure)
+    temporary.replace(path)
     return path
 
 

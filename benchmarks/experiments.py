@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -251,11 +252,18 @@ def study_order(plan: study.Plan, priority: tuple[str, ...] = PRIORITY
 
 
 def balancers(runner: Runner, plan: study.Plan, results: Path,
-              priority: tuple[str, ...] = PRIORITY) -> None:
+              priority: tuple[str, ...] = PRIORITY, shard: tuple[int, int] = (0, 1)) -> None:
     """The balancing study in :func:`study_order`; the results are rewritten after every
-    finished multi-task run that was not skipped (so a stopped study has its table)."""
+    finished multi-task run that was not skipped (so a stopped study has its table).
+
+    ``shard=(i, n)`` runs only every n-th run of the order, starting at the i-th, so that n
+    processes (e.g. one per core, ``OMP_NUM_THREADS=1``) share the study without running
+    the same run twice."""
+    index, count = shard
     schedule = ["--config", STUDY]
-    for name, seed, configs, args in study_order(plan, priority):
+    for position, (name, seed, configs, args) in enumerate(study_order(plan, priority)):
+        if position % count != index:
+            continue
         ran = not study.finished(runner.root / f"{name}_seed{seed}")
         run = runner.fit(name, seed, *configs, schedule=schedule, args=args)
         if ran and not runner.dry and study.finished(run) and not name.startswith("single_"):
@@ -283,19 +291,38 @@ def architectures(runner: Runner, results: Path) -> None:
     print(f"Wrote {results / 'architectures.md'}")
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so that shards
+    rewriting the same results never leave a half-written file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def write_study(root: Path, plan: study.Plan, results: Path) -> None:
     """Aggregate whatever the study has finished into ``results``."""
     report = study.aggregate(root, plan)
     results.mkdir(parents=True, exist_ok=True)
     plot = study.draw_pareto(report, results / "balancing_pareto.png")
     report["pareto_plot"] = plot.name if plot else None
-    (results / "balancing_study.json").write_text(json.dumps(_json_safe(report), indent=2))
+    write_atomically(results / "balancing_study.json", json.dumps(_json_safe(report), indent=2))
     text = study.markdown(report)
     if plot:
         text += f"\n![Pareto front]({plot.name})\n"
-    (results / "balancing_study.md").write_text(text)
+    write_atomically(results / "balancing_study.md", text)
     print(f"Wrote {results / 'balancing_study.md'} ({report['finished_runs']} of "
           f"{report['expected_runs']} runs finished)", flush=True)
+
+
+def parse_shard(parser: argparse.ArgumentParser, value: str) -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)`` with ``0 <= I < N``; a parser error otherwise."""
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        parser.error(f"--shard {value!r} must be I/N with 0 <= I < N, e.g. 0/2.")
+    return index, count
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -333,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
                              "lr 0.001, 0.003, 0.01 x weight decay 0.01, 0.05)")
     parser.add_argument("--simplex_divisions", type=int, default=study.SIMPLEX_DIVISIONS,
                         help="balancers set: the static-weight simplex's step is 1/N")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="balancers set: run only every N-th run of the study's order, "
+                             "from the I-th (0-based), so N processes share it, e.g. two "
+                             "with OMP_NUM_THREADS=1 and --shard 0/2, --shard 1/2")
     parser.add_argument("--aggregate_only", action="store_true",
                         help="run nothing; write the tables of the runs already finished")
     args = parser.parse_args(argv)
@@ -366,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                              "configs/balancer/; give file names without .yaml.")
         if args.grid:
             plan.grid = tuple(tuple(float(v) for v in p.split(":")) for p in args.grid.split(","))
-        balancers(study_runner, plan, study_results)
+        balancers(study_runner, plan, study_results, shard=parse_shard(parser, args.shard))
     if "architectures" in sets:
         architectures(study_runner, study_results)
     readme = [s for s in sets if s not in ("balancers", "architectures")]

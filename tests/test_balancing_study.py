@@ -248,3 +248,31 @@ def test_one_seed_gives_no_paired_difference_and_every_finished_run_is_listed(
     assert "| mgda_seed0 | 0.6000 | 0.6000 | 0.6000 | 83 |" in text
     assert "| single_detection_seed0 | - | - | 0.5000 | - |" in text
     assert "equal_tuned" not in text  # one grid point finished: no tuning to report
+
+
+def test_shards_split_the_study_order_without_overlap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes with --shard 0/2 and 1/2 run every run of the order exactly once."""
+    plan = study.Plan([0, 1], balancers=["equal", "pcgrad", "dwa"], grid=((0.003, 0.05),),
+                      divisions=2)
+    ran: dict[int, list[str]] = {0: [], 1: []}
+    for index in (0, 1):
+        def fake_fit(name: str, seed: int, *configs: str, index: int = index, **kwargs) -> Path:
+            ran[index].append(f"{name}_seed{seed}")
+            return tmp_path / f"{name}_seed{seed}"
+
+        runner = experiments.Runner(tmp_path, plan.seeds, [], [], scratch=tmp_path / "s")
+        monkeypatch.setattr(runner, "fit", fake_fit)
+        monkeypatch.setattr(experiments, "write_study", lambda *a, **k: None)
+        experiments.balancers(runner, plan, tmp_path / "results", shard=(index, 2))
+    order = [f"{name}_seed{seed}" for name, seed, _, _ in experiments.study_order(plan)]
+    assert sorted(ran[0] + ran[1]) == sorted(order)
+    assert not set(ran[0]) & set(ran[1])
+    assert ran[0] == order[0::2] and ran[1] == order[1::2]
+
+
+@pytest.mark.parametrize("value", ["2/2", "1", "a/b", "-1/2"])
+def test_a_bad_shard_is_one_sentence(value: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        experiments.main(["--sets", "balancers", "--shard", value, "--aggregate_only"])
+    assert "--shard" in capsys.readouterr().err
