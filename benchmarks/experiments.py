@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -58,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 import balancing_study as study  # noqa: E402
 
 from mtl_lightning.compare import _json_safe, compare, seed_table, table  # noqa: E402
+from mtl_lightning.shared.files import write_text_atomically  # noqa: E402
 
 TASKS = study.TASKS
 BASE = ["--config", "configs/default.yaml", "--trainer.logger", "configs/logger/csv.yaml"]
@@ -291,25 +291,18 @@ def architectures(runner: Runner, results: Path) -> None:
     print(f"Wrote {results / 'architectures.md'}")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so that shards
-    rewriting the same results never leave a half-written file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def write_study(root: Path, plan: study.Plan, results: Path) -> None:
     """Aggregate whatever the study has finished into ``results``."""
     report = study.aggregate(root, plan)
     results.mkdir(parents=True, exist_ok=True)
     plot = study.draw_pareto(report, results / "balancing_pareto.png")
     report["pareto_plot"] = plot.name if plot else None
-    write_atomically(results / "balancing_study.json", json.dumps(_json_safe(report), indent=2))
+    write_text_atomically(results / "balancing_study.json",
+                          json.dumps(_json_safe(report), indent=2))
     text = study.markdown(report)
     if plot:
         text += f"\n![Pareto front]({plot.name})\n"
-    write_atomically(results / "balancing_study.md", text)
+    write_text_atomically(results / "balancing_study.md", text)
     print(f"Wrote {results / 'balancing_study.md'} ({report['finished_runs']} of "
           f"{report['expected_runs']} runs finished)", flush=True)
 

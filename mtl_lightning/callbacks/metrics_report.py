@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
+
+from mtl_lightning.shared.files import write_text_atomically
 
 METRICS_FILE = "metrics.json"
 
@@ -131,13 +132,7 @@ class MetricsReport(Callback):
         path = run_directory(trainer) / METRICS_FILE
         merged = json.loads(path.read_text()) if path.is_file() else {}
         merged.update(self._kept(trainer, values) if stage == "val" else values)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".json.tmp")
-        try:
-            partial.write_text(json.dumps(dict(sorted(merged.items())), indent=2))
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)  # a full disk leaves the previous file intact
+        write_text_atomically(path, json.dumps(dict(sorted(merged.items())), indent=2))
         if self.print_table:
             Console(width=120).print(metrics_table(values, stage, trainer.current_epoch))
 

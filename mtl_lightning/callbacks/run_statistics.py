@@ -10,7 +10,6 @@ for warm-up and data generation, unless it is the only one.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import time
@@ -21,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mtl_lightning.callbacks.metrics_report import run_directory
 from mtl_lightning.callbacks.wandb_summaries import parameter_counts
+from mtl_lightning.shared.files import write_text_atomically
 
 RUN_FILE = "run.json"
 
@@ -87,10 +87,4 @@ class RunStatistics(Callback):
                if hasattr(pl_module, "lower_is_better") else {}),
         }
         path = run_directory(trainer) / RUN_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".json.tmp")
-        try:
-            partial.write_text(json.dumps(record, indent=2))
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+        write_text_atomically(path, json.dumps(record, indent=2))
