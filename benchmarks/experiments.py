@@ -274,20 +274,31 @@ def balancers(runner: Runner, plan: study.Plan, results: Path,
 ARCHITECTURES = ("hard", "mtan", "cross_stitch", "ensemble", "mmoe", "pad_net", "mti_net")
 
 
-def architectures(runner: Runner, results: Path) -> None:
+def architectures(runner: Runner, results: Path, shard: tuple[int, int] = (0, 1)) -> None:
     """Every architecture on the study schedule with the edge task; compared per seed with
-    the study's single-task baselines (edges, auxiliary, is left out of delta_m)."""
+    the study's single-task baselines (edges, auxiliary, is left out of delta_m).
+
+    ``shard=(i, n)``: this process trains only every n-th architecture run (the baselines
+    come first, as in the balancing study); the table covers every run finished so far."""
+    index, count = shard
     schedule = ["--config", STUDY]
-    singles = [runner.fit(f"single_{task}", seed, f"single_{task}", schedule=schedule)
-               for seed in runner.seeds for task in TASKS]
-    runs = [runner.fit(f"arch_{name}", seed, "aux_edges", schedule=schedule,
-                       args=("--model.architecture", name))
-            for seed in runner.seeds for name in ARCHITECTURES]
+    planned = ([(f"single_{task}", seed, (f"single_{task}",), ()) for seed in runner.seeds
+                for task in TASKS]
+               + [(f"arch_{name}", seed, ("aux_edges",), ("--model.architecture", name))
+                  for seed in runner.seeds for name in ARCHITECTURES])
+    for position, (name, seed, configs, args) in enumerate(planned):
+        if position % count == index:
+            runner.fit(name, seed, *configs, schedule=schedule, args=args)
+    singles = [runner.root / f"{name}_seed{seed}" for name, seed, _, _ in planned
+               if name.startswith("single_")]
+    runs = [runner.root / f"{name}_seed{seed}" for name, seed, _, _ in planned
+            if name.startswith("arch_")]
     result, lines = section("Architectures at the same budget (study schedule, with the "
                             "auxiliary edge task; test)", runs, singles)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "architectures.json").write_text(json.dumps(_json_safe(result), indent=2))
-    (results / "architectures.md").write_text("\n".join(lines))
+    write_text_atomically(results / "architectures.json",
+                          json.dumps(_json_safe(result), indent=2))
+    write_text_atomically(results / "architectures.md", "\n".join(lines))
     print(f"Wrote {results / 'architectures.md'}")
 
 
@@ -354,9 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--simplex_divisions", type=int, default=study.SIMPLEX_DIVISIONS,
                         help="balancers set: the static-weight simplex's step is 1/N")
     parser.add_argument("--shard", default="0/1", metavar="I/N",
-                        help="balancers set: run only every N-th run of the study's order, "
-                             "from the I-th (0-based), so N processes share it, e.g. two "
-                             "with OMP_NUM_THREADS=1 and --shard 0/2, --shard 1/2")
+                        help="balancers and architectures: run only every N-th run of the "
+                             "set's order, from the I-th (0-based), so N processes share it, "
+                             "e.g. two with OMP_NUM_THREADS=1 and --shard 0/2, --shard 1/2")
     parser.add_argument("--aggregate_only", action="store_true",
                         help="run nothing; write the tables of the runs already finished")
     args = parser.parse_args(argv)
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
             plan.grid = tuple(tuple(float(v) for v in p.split(":")) for p in args.grid.split(","))
         balancers(study_runner, plan, study_results, shard=parse_shard(parser, args.shard))
     if "architectures" in sets:
-        architectures(study_runner, study_results)
+        architectures(study_runner, study_results, shard=parse_shard(parser, args.shard))
     readme = [s for s in sets if s not in ("balancers", "architectures")]
     if readme:
         root.mkdir(parents=True, exist_ok=True)

@@ -276,3 +276,27 @@ def test_a_bad_shard_is_one_sentence(value: str, capsys: pytest.CaptureFixture) 
     with pytest.raises(SystemExit):
         experiments.main(["--sets", "balancers", "--shard", value, "--aggregate_only"])
     assert "--shard" in capsys.readouterr().err
+
+
+def test_architecture_shards_train_each_run_once_and_table_every_finished_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--sets architectures --shard 0/2 and 1/2 share the runs; each process's table lists
+    every architecture run finished so far, not only its own."""
+    ran: dict[int, list[str]] = {0: [], 1: []}
+    tabled: list[list[str]] = []
+    for index in (0, 1):
+        def fake_fit(name: str, seed: int, *configs: str, index: int = index, **kwargs) -> Path:
+            ran[index].append(f"{name}_seed{seed}")
+            return tmp_path / f"{name}_seed{seed}"
+
+        runner = experiments.Runner(tmp_path, [0], [], [], scratch=tmp_path / "s")
+        monkeypatch.setattr(runner, "fit", fake_fit)
+        monkeypatch.setattr(experiments, "section", lambda title, runs, singles: (
+            tabled.append([run.name for run in runs]) or ({}, ["table"])))
+        experiments.architectures(runner, tmp_path / "results", shard=(index, 2))
+    trained = ran[0] + ran[1]
+    expected = [f"arch_{name}_seed0" for name in experiments.ARCHITECTURES]
+    assert sorted(r for r in trained if r.startswith("arch_")) == sorted(expected)
+    assert len(trained) == len(set(trained)) == len(expected) + len(TASKS)
+    assert tabled == [expected, expected]
+    assert (tmp_path / "results" / "architectures.md").read_text() == "table"
