@@ -233,6 +233,14 @@ class Task(nn.Module, ABC):
         """Draw one sample's prediction over a uint8 [3, H, W] image."""
 
     @staticmethod
+    def labelled_rows(value: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        """The rows of ``value`` (batch first) whose sample is labelled: ``value[has]``, or
+        ``value`` itself, without a copy, when every sample is (the common case: a boolean
+        index copies the whole tensor, e.g. 25 MB of segmentation logits per batch, and its
+        backward scatters the gradient back)."""
+        return value if bool(has.all()) else value[has]
+
+    @staticmethod
     def unused_loss(outputs: Any) -> torch.Tensor:
         """A zero loss connected to every output tensor (no labelled sample in the batch)."""
         tensors = outputs.values() if isinstance(outputs, dict) else [outputs]

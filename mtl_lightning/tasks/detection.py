@@ -163,9 +163,13 @@ class DetectionTask(Task):
         return (torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * self.stride
 
     def encode(
-        self, targets: Targets, height: int, width: int, device: torch.device
+        self, targets: Targets, height: int, width: int, device: torch.device,
+        box_params: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Dense targets for a batch: heatmap [B,C,H,W], box [B,4,H,W], weight [B,H,W].
+
+        ``box_params=False`` leaves out ``box`` (each cell's box as the head's parameters):
+        the loss compares decoded boxes with ``boxes_xyxy`` (GIoU) and never reads it.
 
         Vectorised over images and objects: the Gaussians of all objects of all images are
         one [B, M, H*W] tensor (the outer product of their x and y factors), reduced with
@@ -195,15 +199,17 @@ class DetectionTask(Task):
         )
         weight, owner = gauss.max(1)  # [B,HW]
         owner_boxes = torch.gather(boxes, 1, owner[..., None].expand(-1, -1, 4))  # [B,HW,4]
-        box_target = self._box_to_params(owner_boxes, height, width)
         weight = torch.where(weight >= self.min_box_weight, weight, torch.zeros_like(weight))
-        return {
+        encoded = {
             "heatmap": heatmap.view(batch, self.num_classes, height, width),
-            "box": box_target.permute(0, 2, 1).reshape(batch, 4, height, width),
             "boxes_xyxy": owner_boxes,
             "weight": weight.view(batch, height, width),
             "num_objects": valid.sum(1),
         }
+        if box_params:
+            box_target = self._box_to_params(owner_boxes, height, width)
+            encoded["box"] = box_target.permute(0, 2, 1).reshape(batch, 4, height, width)
+        return encoded
 
     def _box_to_params(self, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """xyxy boxes [B, HW, 4] (one per cell) -> (dx, dy, log w, log h) in stride units."""
@@ -228,11 +234,11 @@ class DetectionTask(Task):
         if not bool(has.any()):
             return self.unused_loss(outputs)
         keep = has.nonzero().flatten()
-        heat_logits = outputs["heatmap"][keep].float()
-        box = outputs["box"][keep].float()
+        heat_logits = self.labelled_rows(outputs["heatmap"], has).float()
+        box = self.labelled_rows(outputs["box"], has).float()
         labelled = [targets[i] for i in keep.tolist()]  # one host sync, not one per image
         height, width = heat_logits.shape[-2:]
-        encoded = self.encode(labelled, height, width, heat_logits.device)
+        encoded = self.encode(labelled, height, width, heat_logits.device, box_params=False)
         num_objects = encoded["num_objects"].sum().clamp(min=1)
         heat_loss = penalty_reduced_focal_loss(heat_logits, encoded["heatmap"]) / num_objects
 
@@ -297,7 +303,8 @@ class DetectionTask(Task):
         if not bool(has.any()):
             return
         keep = has.nonzero().flatten()
-        predictions = self.postprocess({k: v[keep].detach() for k, v in outputs.items()})
+        predictions = self.postprocess({k: self.labelled_rows(v.detach(), has)
+                                        for k, v in outputs.items()})
         truth = []
         for i in keep.tolist():
             target = {"boxes": targets[i]["boxes"].float(), "labels": targets[i]["labels"]}

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchvision import tv_tensors
-from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.shared.constants import IGNORE_INDEX
@@ -30,7 +29,7 @@ from mtl_lightning.tasks.confusion_metrics import (
     class_ids,
 )
 from mtl_lightning.tasks.dense_decoders import ASPPDecoder, DecoderKind, decoder_pyramid_levels
-from mtl_lightning.tasks.drawing import dense_to_size
+from mtl_lightning.tasks.drawing import blend_class_map, dense_to_size
 from mtl_lightning.tasks.wandb_media import WANDB_IGNORE, class_labels, wandb_mask
 
 #: Colour of ignored pixels (255, void, crowd) in pictures of ground truth.
@@ -132,12 +131,11 @@ class SegmentationTask(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         if not bool(has.any()):
             return self.unused_loss(outputs)
-        target = targets[has].long()
+        target = self.labelled_rows(targets, has).long()
         if not bool((target != IGNORE_INDEX).any()):
             return self.unused_loss(outputs)
-        return F.cross_entropy(
-            outputs[has].float(), target, weight=self.class_weights, ignore_index=IGNORE_INDEX
-        )
+        return F.cross_entropy(self.labelled_rows(outputs, has).float(), target,
+                               weight=self.class_weights, ignore_index=IGNORE_INDEX)
 
     def postprocess(self, outputs: torch.Tensor) -> list[torch.Tensor]:
         return list(outputs.argmax(1))
@@ -158,11 +156,13 @@ class SegmentationTask(Task):
     ) -> None:
         if not bool(has.any()):
             return  # a metric never updated in an epoch is not computed (module.py)
-        # Unlabelled samples become ignored pixels instead of being indexed out: no copy of
-        # the batch.
-        unlabelled = ~has.view(-1, *([1] * (targets.dim() - 1)))
-        metrics.update(class_ids(outputs.detach()),
-                       targets.long().masked_fill(unlabelled, IGNORE_INDEX))
+        # Unlabelled samples become ignored pixels instead of being indexed out (no copy of
+        # the batch); with every sample labelled the targets go in as they are (the metric
+        # widens them once).
+        if not bool(has.all()):
+            unlabelled = ~has.view(-1, *([1] * (targets.dim() - 1)))
+            targets = targets.long().masked_fill(unlabelled, IGNORE_INDEX)
+        metrics.update(class_ids(outputs.detach()), targets)
 
     @classmethod
     def placeholder_target(cls, height: int, width: int) -> tv_tensors.Mask:
@@ -237,12 +237,8 @@ class SegmentationTask(Task):
         """Classes other than background in their colours; pixels that are no class (ignore,
         void, crowd) in grey."""
         prediction = prediction.cpu().long()
-        masks = prediction[None] == torch.arange(1, self.num_classes)[:, None, None]
-        colors = class_colors(self.num_classes)[1:]
+        # Palette rows: classes 1..C-1, then the ignore colour; background (-1) stays as is.
+        palette = torch.tensor([*class_colors(self.num_classes)[1:], IGNORE_COLOR])
         ignored = (prediction < 0) | (prediction >= self.num_classes)
-        if bool(ignored.any()):
-            masks = torch.cat([masks, ignored[None]])
-            colors = [*colors, IGNORE_COLOR]
-        if len(masks) == 0:
-            return image
-        return draw_segmentation_masks(image, masks, alpha=0.45, colors=colors)
+        index = torch.where(ignored, self.num_classes - 1, prediction - 1)
+        return blend_class_map(image, index, palette, alpha=0.45)

@@ -156,3 +156,19 @@ def test_crowd_regions_are_not_training_targets() -> None:
     outputs = _outputs_from_targets(task, plain)
     has = torch.tensor([True, True])
     torch.testing.assert_close(task.loss(outputs, crowd, has), task.loss(outputs, plain, has))
+
+
+def test_the_loss_encodes_without_box_parameters_and_scores_perfect_boxes_as_before() -> None:
+    """``encode(box_params=False)`` (what the loss asks for) gives the same targets minus the
+    per-cell box parameters, and the loss of perfect outputs is still its box-free minimum."""
+    task = _task()
+    full = task.encode(_targets(), 16, 16, torch.device("cpu"))
+    lean = task.encode(_targets(), 16, 16, torch.device("cpu"), box_params=False)
+    assert "box" in full and "box" not in lean
+    assert lean.keys() == full.keys() - {"box"}
+    for key, value in lean.items():
+        torch.testing.assert_close(value, full[key])
+    perfect = _outputs_from_targets(task, _targets())
+    has = torch.ones(3, dtype=torch.bool)
+    shifted = {**perfect, "box": perfect["box"] + 0.5}
+    assert task.loss(perfect, _targets(), has) < task.loss(shifted, _targets(), has)

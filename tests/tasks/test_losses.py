@@ -66,3 +66,34 @@ def test_a_task_without_any_labelled_sample_gives_zero_loss_but_keeps_the_graph(
         loss.backward(retain_graph=True)  # connected: DDP sees the head's parameters used
         grads = [p.grad for p in task.parameters()]
         assert all(g is not None and torch.all(g == 0) for g in grads)
+
+
+def test_a_fully_labelled_batch_is_read_without_a_copy_and_scores_as_the_indexed_one(
+        tiny_scenes, tiny_batch: dict) -> None:
+    """With every sample labelled a loss reads the head's outputs as they are (no boolean-index
+    copy), and the losses and metric states equal those of the same rows indexed out."""
+    from mtl_lightning.tasks.base import Task
+
+    value, everyone = torch.randn(4, 3), torch.ones(4, dtype=torch.bool)
+    assert Task.labelled_rows(value, everyone) is value
+    some = torch.tensor([True, False, True, True])
+    assert torch.equal(Task.labelled_rows(value, some), value[some])
+    model = _model(tiny_scenes.task_info).eval()
+    with torch.no_grad():
+        outputs = model(tiny_batch["image"])
+    has = torch.ones(len(tiny_batch["image"]), dtype=torch.bool)
+    for name, task in model.tasks.items():
+        target = tiny_batch["targets"][name]
+        fast = task.loss(outputs[name], target, has)
+        # the same batch with one unlabelled extra sample appended takes the indexing path
+        extra = torch.cat([has, torch.zeros(1, dtype=torch.bool)])
+        padded = {k: torch.cat([v, v[:1]]) for k, v in outputs[name].items()} if isinstance(
+            outputs[name], dict) else torch.cat([outputs[name], outputs[name][:1]])
+        padded_target = ([*target, target[0]] if isinstance(target, list)
+                         else torch.cat([target, target[:1]]))
+        torch.testing.assert_close(fast, task.loss(padded, padded_target, extra))
+        metrics_fast, metrics_indexed = task.build_metrics("val"), task.build_metrics("val")
+        task.update_metrics(metrics_fast, outputs[name], target, has)
+        task.update_metrics(metrics_indexed, padded, padded_target, extra)
+        for key, value in task.compute_metrics(metrics_fast).items():
+            torch.testing.assert_close(value, task.compute_metrics(metrics_indexed)[key])
