@@ -218,12 +218,22 @@ class DetectionTask(Task):
         sizes = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-3)
         return torch.cat([(centres - cells) / self.stride, (sizes / self.stride).log()], -1)
 
-    def decode_boxes(self, box: torch.Tensor) -> torch.Tensor:
-        """Box parameters [B, 4, H, W] -> xyxy boxes [B, H*W, 4] in input pixels."""
+    def decode_boxes(self, box: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """Box parameters [B, 4, H, W] -> xyxy boxes [B, H*W, 4] in input pixels; with
+        ``cells`` ([B, k] flat cell indices) only those cells' boxes, [B, k, 4] (decoding
+        the top-k peaks instead of every cell and then picking k)."""
         height, width = box.shape[-2:]
         params = box.float().flatten(2).transpose(1, 2)  # [B,HW,4]
-        cells = self._cell_centres(height, width, box.device)
-        centres = cells + params[..., :2] * self.stride
+        centres = self._cell_centres(height, width, box.device)  # [HW,2]
+        if cells is not None:
+            params = torch.gather(params, 1, cells[..., None].expand(-1, -1, 4))
+            centres = centres[cells]
+        return self._decode(params, centres)
+
+    def _decode(self, params: torch.Tensor, cell_centres: torch.Tensor) -> torch.Tensor:
+        """(dx, dy, log w, log h) in stride units at cells centred on ``cell_centres`` ->
+        xyxy boxes in input pixels (any leading shape)."""
+        centres = cell_centres + params[..., :2] * self.stride
         sizes = params[..., 2:].clamp(max=10.0).exp() * self.stride
         return torch.cat([centres - sizes / 2, centres + sizes / 2], -1)
 
@@ -246,7 +256,11 @@ class DetectionTask(Task):
         positive = weight > 0
         if not bool(positive.any()):
             return heat_loss + box.sum() * 0.0
-        predicted = self.decode_boxes(box).reshape(-1, 4)[positive]
+        # Only the positive cells' boxes are decoded (a few per object, not every cell).
+        cells = positive.nonzero().flatten()
+        params = box.flatten(2).transpose(1, 2).reshape(-1, 4)[cells]
+        predicted = self._decode(params, self._cell_centres(height, width, box.device)[
+            cells % (height * width)])
         target = encoded["boxes_xyxy"].reshape(-1, 4)[positive]
         giou = generalized_box_iou_loss(predicted, target, reduction="none")
         box_loss = (giou * weight[positive]).sum() / weight[positive].sum()
@@ -261,9 +275,7 @@ class DetectionTask(Task):
         scores, index = peaks.flatten(1).topk(k)  # [B,k]
         labels = index // (height * width)
         cells = index % (height * width)
-        boxes = torch.gather(
-            self.decode_boxes(outputs["box"]), 1, cells[..., None].expand(-1, -1, 4)
-        )
+        boxes = self.decode_boxes(outputs["box"], cells)
         images = torch.arange(batch, device=heat.device)[:, None].expand(-1, k)
         keep = scores.flatten() > self.score_threshold
         flat_boxes, flat_scores = boxes.reshape(-1, 4)[keep], scores.flatten()[keep]
@@ -353,8 +365,7 @@ class DetectionTask(Task):
         k = min(self.pre_nms_topk, classes * height * width)
         scores, index = peaks.flatten(1).topk(k)
         cells = index % (height * width)
-        boxes = torch.gather(self.decode_boxes(outputs["box"]), 1,
-                             cells[..., None].expand(-1, -1, 4))
+        boxes = self.decode_boxes(outputs["box"], cells)
         return {"boxes": boxes, "scores": scores, "labels": index // (height * width)}
 
     def wandb_boxes(self, prediction: dict[str, torch.Tensor],

@@ -172,3 +172,26 @@ def test_the_loss_encodes_without_box_parameters_and_scores_perfect_boxes_as_bef
     has = torch.ones(3, dtype=torch.bool)
     shifted = {**perfect, "box": perfect["box"] + 0.5}
     assert task.loss(perfect, _targets(), has) < task.loss(shifted, _targets(), has)
+
+
+def test_decoding_chosen_cells_equals_decoding_every_cell_then_picking() -> None:
+    task = _task()
+    box = torch.randn(2, 4, 6, 7)
+    cells = torch.tensor([[0, 41, 5], [17, 17, 40]])
+    everything = task.decode_boxes(box)
+    picked = torch.gather(everything, 1, cells[..., None].expand(-1, -1, 4))
+    torch.testing.assert_close(task.decode_boxes(box, cells), picked)
+
+
+def test_perfect_box_parameters_cost_no_box_loss() -> None:
+    """Each positive cell's decoded box is compared with its own object's box: perfect
+    parameters give a GIoU loss of zero (a cell paired with another cell's target would not)."""
+    task = _task()
+    perfect = _outputs_from_targets(task, _targets())
+    has = torch.ones(3, dtype=torch.bool)
+    with_boxes = task.loss(perfect, _targets(), has)
+    task.box_loss_weight = 0.0
+    torch.testing.assert_close(with_boxes, task.loss(perfect, _targets(), has))
+    task.box_loss_weight = 1.0
+    rolled = {**perfect, "box": perfect["box"].roll(1, dims=-1)}
+    assert task.loss(rolled, _targets(), has) > with_boxes + 1e-3
