@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("classification", "segmentation", "detection")
 #: the tuned equal weighting's grid: (learning rate, weight decay); the default job's
@@ -124,6 +126,22 @@ def pick_tuned(validation: dict[str, Any], grid: Iterable[str]) -> tuple[str | N
     if len(means) < 2:  # one grid point is no tuning
         return None, means
     return max(means, key=means.get), means
+
+
+def cut_short(run: Path) -> str | None:
+    """One sentence when a finished run trained fewer epochs than its config planned (e.g.
+    ``trainer.max_time`` ended it on a busy machine), ``None`` otherwise: its metrics are
+    not comparable with runs that trained the whole schedule."""
+    try:
+        epochs = json.loads((run / "run.json").read_text()).get("fit/epochs")
+        planned = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get(
+            "trainer", {}).get("max_epochs")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return None
+    if isinstance(epochs, int) and isinstance(planned, int) and 0 < epochs < planned:
+        return (f"{run.name} trained {epochs} of its {planned} epochs (trainer.max_time ended "
+                f"it): delete {run} and run the set again on a quieter machine.")
+    return None
 
 
 def finished(run: Path) -> bool:

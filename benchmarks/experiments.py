@@ -161,7 +161,8 @@ def mean_cosines(runs: list[Path]) -> dict[str, float]:
 
 def section(title: str, runs: list[Path], baselines: list[Path],
             reference: str | None = None) -> tuple[dict | None, list[str]]:
-    """``compare`` of the finished runs, as JSON and Markdown (per run, then over seeds)."""
+    """``compare`` of the finished runs, as JSON and Markdown (per run, then over seeds);
+    its warnings also name every run that ``trainer.max_time`` cut short."""
     runs, baselines = existing(runs), existing(baselines)
     if not runs or not baselines:
         return None, [f"### {title}", "", "(not run yet)", ""]
@@ -169,6 +170,8 @@ def section(title: str, runs: list[Path], baselines: list[Path],
     lines = [f"### {title}", "", table(result)[1]]
     if any(m["n"] > 1 for m in result["methods"]):
         lines += ["Over seeds (mean ± std):", "", seed_table(result)[1]]
+    short = [note for run in [*runs, *baselines] if (note := study.cut_short(run))]
+    result["warnings"] = [*result["warnings"], *short]
     lines += [f"- warning: {w}" for w in result["warnings"]]
     return result, [*lines, ""]
 

@@ -300,3 +300,20 @@ def test_architecture_shards_train_each_run_once_and_table_every_finished_run(
     assert len(trained) == len(set(trained)) == len(expected) + len(TASKS)
     assert tabled == [expected, expected]
     assert (tmp_path / "results" / "architectures.md").read_text() == "table"
+
+
+def test_a_run_that_max_time_cut_short_is_named_in_its_sets_warnings(tmp_path: Path) -> None:
+    """A run that trained fewer epochs than its config planned (max_time on a busy machine)
+    is not comparable: the set's table warns and says what to do; whole runs pass."""
+    whole = [_run(tmp_path, f"single_{t}_seed0", 0, {t: 0.5}) for t in TASKS]
+    short = _run(tmp_path, "mtl_seed0", 0, dict.fromkeys(TASKS, 0.6))
+    for run in [*whole, short]:
+        (run / "config.yaml").write_text("seed_everything: 0\ntrainer:\n  max_epochs: 6\n")
+        (run / "run.json").write_text(json.dumps({"fit/epochs": 6}))
+    (short / "run.json").write_text(json.dumps({"fit/epochs": 3}))
+    assert study.cut_short(whole[0]) is None
+    note = study.cut_short(short)
+    assert note and "mtl_seed0 trained 3 of its 6 epochs" in note and "max_time" in note
+    result, lines = experiments.section("set", [short], whole)
+    assert note in result["warnings"]
+    assert f"- warning: {note}" in lines
