@@ -6,9 +6,6 @@
 - :func:`non_overlapping_labels` keeps a box's text only where it does not cover the text of
   a better box, so 20 boxes on one object leave one readable label, not a black smear.
 - :func:`draw_text_lines` writes lines of text in the top-left corner, on a dark band.
-- :func:`blend_class_map` colours every pixel of a class map at once: the same picture as
-  torchvision's ``draw_segmentation_masks`` with one disjoint mask per class, without its
-  loop over the masks (one boolean mask and one copy per class).
 
 Text uses PIL's default font (the one torchvision's ``draw_bounding_boxes`` uses).
 """
@@ -35,19 +32,6 @@ def text_size(text: str) -> tuple[int, int]:
     """(width, height) in pixels of ``text`` in the label font."""
     left, top, right, bottom = label_font().getbbox(text)
     return int(right - left) + 2 * LABEL_MARGIN, int(bottom - top) + 2 * LABEL_MARGIN + 2
-
-
-def blend_class_map(image: torch.Tensor, palette_index: torch.Tensor, palette: torch.Tensor,
-                    alpha: float) -> torch.Tensor:
-    """``image`` (uint8 [3, H, W]) with each pixel of ``palette_index`` (long [H, W]; -1:
-    leave the pixel) blended with its colour ``palette[i]`` (uint8 [N, 3]) at ``alpha``.
-
-    The arithmetic is ``draw_segmentation_masks``'s (``image * (1 - alpha) + drawn *
-    alpha``, truncated to uint8), so the pictures are equal to the pixel."""
-    drawn = image.clone()
-    coloured = palette_index >= 0
-    drawn[:, coloured] = palette.to(image.dtype)[palette_index[coloured]].T
-    return (image * (1 - alpha) + drawn * alpha).to(image.dtype)
 
 
 def dense_to_size(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchvision import tv_tensors
+from torchvision.utils import draw_segmentation_masks
 
 from mtl_lightning.models.neck import Features
 from mtl_lightning.shared.constants import IGNORE_INDEX
@@ -29,7 +30,7 @@ from mtl_lightning.tasks.confusion_metrics import (
     class_ids,
 )
 from mtl_lightning.tasks.dense_decoders import ASPPDecoder, DecoderKind, decoder_pyramid_levels
-from mtl_lightning.tasks.drawing import blend_class_map, dense_to_size
+from mtl_lightning.tasks.drawing import dense_to_size
 from mtl_lightning.tasks.wandb_media import WANDB_IGNORE, class_labels, wandb_mask
 
 #: Colour of ignored pixels (255, void, crowd) in pictures of ground truth.
@@ -237,8 +238,12 @@ class SegmentationTask(Task):
         """Classes other than background in their colours; pixels that are no class (ignore,
         void, crowd) in grey."""
         prediction = prediction.cpu().long()
-        # Palette rows: classes 1..C-1, then the ignore colour; background (-1) stays as is.
-        palette = torch.tensor([*class_colors(self.num_classes)[1:], IGNORE_COLOR])
+        masks = prediction[None] == torch.arange(1, self.num_classes)[:, None, None]
+        colors = class_colors(self.num_classes)[1:]
         ignored = (prediction < 0) | (prediction >= self.num_classes)
-        index = torch.where(ignored, self.num_classes - 1, prediction - 1)
-        return blend_class_map(image, index, palette, alpha=0.45)
+        if bool(ignored.any()):
+            masks = torch.cat([masks, ignored[None]])
+            colors = [*colors, IGNORE_COLOR]
+        if len(masks) == 0:
+            return image
+        return draw_segmentation_masks(image, masks, alpha=0.45, colors=colors)

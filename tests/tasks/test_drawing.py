@@ -111,26 +111,3 @@ def test_edges_draw_and_describe_ground_truth_with_ignored_pixels() -> None:
     predicted = task.postprocess(torch.randn(1, HEIGHT, WIDTH))[0]
     assert task.prediction_to_json(predicted) == {"edge_pixels": int(predicted.sum())}
     assert not torch.equal(task.draw(_image(), predicted), _image())
-
-
-def test_segmentation_picture_equals_torchvision_masks_drawn_one_by_one() -> None:
-    """The palette blend draws the same pixels as ``draw_segmentation_masks`` with one mask
-    per class and the ignore mask (what ``draw`` called before), background untouched."""
-    from torchvision.utils import draw_segmentation_masks
-
-    from mtl_lightning.tasks.segmentation import class_colors
-
-    task = build_task("segmentation", {}, {"num_classes": 5, "class_names": list("abcde")})
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8, generator=generator)
-    prediction = torch.randint(0, 5, (HEIGHT, WIDTH), generator=generator)
-    prediction[:4] = 255
-    prediction[4:6, :10] = 9  # void: no class
-    masks = prediction[None] == torch.arange(1, 5)[:, None, None]
-    ignored = (prediction < 0) | (prediction >= 5)
-    expected = draw_segmentation_masks(image, torch.cat([masks, ignored[None]]), alpha=0.45,
-                                       colors=[*class_colors(5)[1:], IGNORE_COLOR])
-    drawn = task.draw(image, prediction)
-    assert torch.equal(drawn, expected)
-    background = prediction == 0
-    assert torch.equal(drawn[:, background], image[:, background])
