@@ -254,6 +254,13 @@ def study_order(plan: study.Plan, priority: tuple[str, ...] = PRIORITY
     return order
 
 
+def shard_of(order: list, shard: tuple[int, int]) -> list:
+    """This process's share of a set's ``order``: every n-th entry from the i-th, for
+    ``shard=(i, n)`` (``--shard I/N``), so that n processes run each entry exactly once."""
+    index, count = shard
+    return order[index::count]
+
+
 def balancers(runner: Runner, plan: study.Plan, results: Path,
               priority: tuple[str, ...] = PRIORITY, shard: tuple[int, int] = (0, 1)) -> None:
     """The balancing study in :func:`study_order`; the results are rewritten after every
@@ -262,11 +269,8 @@ def balancers(runner: Runner, plan: study.Plan, results: Path,
     ``shard=(i, n)`` runs only every n-th run of the order, starting at the i-th, so that n
     processes (e.g. one per core, ``OMP_NUM_THREADS=1``) share the study without running
     the same run twice."""
-    index, count = shard
     schedule = ["--config", STUDY]
-    for position, (name, seed, configs, args) in enumerate(study_order(plan, priority)):
-        if position % count != index:
-            continue
+    for name, seed, configs, args in shard_of(study_order(plan, priority), shard):
         ran = not study.finished(runner.root / f"{name}_seed{seed}")
         run = runner.fit(name, seed, *configs, schedule=schedule, args=args)
         if ran and not runner.dry and study.finished(run) and not name.startswith("single_"):
@@ -283,15 +287,13 @@ def architectures(runner: Runner, results: Path, shard: tuple[int, int] = (0, 1)
 
     ``shard=(i, n)``: this process trains only every n-th architecture run (the baselines
     come first, as in the balancing study); the table covers every run finished so far."""
-    index, count = shard
     schedule = ["--config", STUDY]
     planned = ([(f"single_{task}", seed, (f"single_{task}",), ()) for seed in runner.seeds
                 for task in TASKS]
                + [(f"arch_{name}", seed, ("aux_edges",), ("--model.architecture", name))
                   for seed in runner.seeds for name in ARCHITECTURES])
-    for position, (name, seed, configs, args) in enumerate(planned):
-        if position % count == index:
-            runner.fit(name, seed, *configs, schedule=schedule, args=args)
+    for name, seed, configs, args in shard_of(planned, shard):
+        runner.fit(name, seed, *configs, schedule=schedule, args=args)
     singles = [runner.root / f"{name}_seed{seed}" for name, seed, _, _ in planned
                if name.startswith("single_")]
     runs = [runner.root / f"{name}_seed{seed}" for name, seed, _, _ in planned
